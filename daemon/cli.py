@@ -1,0 +1,144 @@
+"""The ``spkrec`` command line: argument parsing, config, and one-line errors at the edge.
+
+Subcommands of other rooms (training) are found through the ``spkrec.commands`` entry-point
+group, so this module never imports training code and ``spkrec --help`` needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from spkrec.models import __version__
+from spkrec.models.config import Config, load_config
+from spkrec.models.errors import ModelError, SpkrecError
+
+Handler = Callable[[argparse.Namespace, Config], int]
+TRAIN_MODULES = {"torch", "torchaudio", "torchvision", "onnx", "matplotlib"}
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, metavar="PATH",
+                        help="config file (default: $SPKREC_CONFIG, ./config.toml, ~/.config/spkrec/config.toml)")
+    return common
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", dest="model.path", metavar="PATH", help="spkrec ONNX model [model.path]")
+    p.add_argument("--provider", dest="model.provider", choices=("auto", "cpu", "cuda"),
+                   help="ONNX Runtime execution provider [model.provider]")
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict[str, Handler]:
+    """The runtime subcommands of this room."""
+    p = sub.add_parser("identify", parents=[common], help="name the speaker of each audio file",
+                       description="Identify the speaker of each FILE (all windows averaged): best label, score and "
+                                   "runner-up. The model comes from --model, [model] path, or the default model; a "
+                                   "first argument ending in .onnx is taken as the model.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    _model_flags(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
+    return {"identify": cmd_identify}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="spkrec", description="Streaming speaker identification: train a ResNet50 speaker model on your "
+                                   "recordings, export one ONNX file, and serve it live with ONNX Runtime.")
+    parser.add_argument("--version", action="version", version=f"spkrec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    handlers = register(sub, common)
+    for entry in sorted(entry_points(group="spkrec.commands"), key=lambda e: e.name):
+        handlers.update(entry.load()(sub, common))
+    return parser, handlers
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """Flags whose dest is a dotted config key override that key."""
+    return {key: value for key, value in vars(args).items() if "." in key and value is not None}
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, _overrides(args))
+        return handlers[args.command](args, cfg)
+    except SpkrecError as exc:
+        print(f"spkrec: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in TRAIN_MODULES:
+            print(f"spkrec: error: `spkrec {args.command}` needs the training extra ({exc.name} is missing): "
+                  "pip install 'spkrec[train]'", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("spkrec: interrupted", file=sys.stderr)
+        return 130
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+def live_main() -> None:
+    sys.exit(run(["live", *sys.argv[1:]]))
+
+
+def resolve_model(cfg: Config) -> Path:
+    """The configured model, or the embedded default model when none is configured."""
+    if cfg.model.path:
+        path = Path(cfg.model.path).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path} (check --model or [model] path)")
+        return path
+    default = cfg.default_model_path()
+    if not default.is_file():
+        raise ModelError("no model configured and the default model is not built yet: "
+                         "run `spkrec default-model`, or pass --model PATH")
+    return default
+
+
+def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.models.engine import Engine
+
+    from .identify import identify_file
+
+    files = list(args.files)
+    if not cfg.model.path and files and files[0].suffix == ".onnx" and len(files) > 1:
+        cfg.model.path = str(files.pop(0))
+    engine = Engine(resolve_model(cfg), cfg.model.provider, cfg.model.threads)
+    threshold = cfg.threshold_for(engine.info.thresholds)
+    results = [identify_file(engine, path, threshold, cfg.decision.margin) for path in files]
+    if args.json:
+        for result in results:
+            print(json.dumps(result.as_dict()))
+    else:
+        _print_identify(results, threshold)
+    failures = [r for r in results if r.error]
+    for r in failures:
+        print(f"spkrec: error: {r.error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _print_identify(results, threshold: float) -> None:
+    table = Table(title=f"identify (threshold {threshold:.3f})")
+    for column in ("file", "speaker", "score", "runner-up"):
+        table.add_column(column, justify="right" if column == "score" else "left")
+    for r in results:
+        if r.decision is None:
+            continue
+        d = r.decision
+        runner = f"{d.candidates[1][0]} {d.candidates[1][1]:.3f}" if len(d.candidates) > 1 else "-"
+        table.add_row(r.path.name, d.label, f"{d.score:.3f}", runner)
+    Console().print(table)

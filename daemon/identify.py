@@ -1,0 +1,41 @@
+"""File-level identification: every window of a file embedded, averaged, scored once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from spkrec.models.audio import is_silent, load_audio
+from spkrec.models.engine import Engine
+from spkrec.models.errors import AudioError
+from spkrec.models.scoring import Decision, cosine_scores, decide, mean_embedding
+from spkrec.models.windows import frame_windows
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: Path
+    decision: Decision | None
+    seconds: float
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        if self.decision is None:
+            return {"file": str(self.path), "error": self.error}
+        d = self.decision
+        return {"file": str(self.path), "label": d.label, "score": round(d.score, 4), "seconds": round(self.seconds, 2),
+                "candidates": [[name, round(score, 4)] for name, score in d.candidates]}
+
+
+def identify_file(engine: Engine, path: Path, threshold: float, margin: float) -> FileResult:
+    """One file -> best label (or unknown) with its score and runners-up; errors are results."""
+    info = engine.info
+    try:
+        samples = load_audio(path, info.sample_rate)
+        if is_silent(samples):
+            raise AudioError(f"{path} is silent: nothing to identify")
+    except AudioError as exc:
+        return FileResult(path, None, 0.0, str(exc))
+    embeddings = engine.embed_windows(frame_windows(samples, info.window_samples, info.hop_samples))
+    scores = cosine_scores(mean_embedding(embeddings), info.prototypes)
+    return FileResult(path, decide(scores, info.labels, threshold, margin), samples.size / info.sample_rate)

@@ -1,0 +1,69 @@
+"""Decoding audio files into what every model consumes: mono float32 at the model's rate.
+
+Training, evaluation, identification and the file source all decode through here, so the
+samples a model was trained on and the samples it serves are made the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import AudioError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
+
+# Peak below which a whole recording counts as silent (about -60 dBFS): digital silence and
+# hiss-only files carry no voice to learn from or to score.
+SILENCE_PEAK = 1e-3
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average the channels: a stereo meeting recording becomes one stream."""
+    if samples.ndim == 1:
+        return samples.astype(np.float32, copy=False)
+    return samples.mean(axis=1, dtype=np.float32)
+
+
+def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """High-quality resampling (libsoxr); a no-op when the rates already match."""
+    if rate_in == rate_out:
+        return samples.astype(np.float32, copy=False)
+    return soxr.resample(samples, rate_in, rate_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def load_audio(path: str | Path, rate: int) -> np.ndarray:
+    """Decode any soundfile-readable file to mono float32 at ``rate``.
+
+    Raises AudioError, naming the file, when it cannot be decoded or is empty, so callers
+    can skip or report it instead of crashing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    try:
+        samples, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises several types for corrupt data
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AudioError(f"cannot decode {path}: {reason}") from None
+    if samples.shape[0] == 0:
+        raise AudioError(f"{path} holds no audio samples")
+    return resample(to_mono(samples), int(file_rate), rate)
+
+
+def is_silent(samples: np.ndarray) -> bool:
+    """True when nothing in the recording rises above the silence floor."""
+    return samples.size == 0 or float(np.max(np.abs(samples))) < SILENCE_PEAK
+
+
+def pcm16_to_float(raw: bytes) -> np.ndarray:
+    """Little-endian 16-bit PCM bytes to float32 in [-1, 1)."""
+    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def float_to_pcm16(samples: np.ndarray) -> bytes:
+    """float32 in [-1, 1] to little-endian 16-bit PCM bytes (what webrtcvad reads)."""
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()

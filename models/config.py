@@ -1,0 +1,234 @@
+"""Typed configuration: dataclasses, loaded from TOML, validated with errors that name the key.
+
+The dataclass defaults below are the packaged defaults; the top-level ``config.toml`` states
+the same values with a comment per key (a test keeps the two equal). A user's file need only
+hold the keys it changes: it is merged over these defaults.
+
+Lookup order: ``--config PATH``, then ``$SPKREC_CONFIG``, then ``./config.toml``, then
+``~/.config/spkrec/config.toml``; with none found, the defaults alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, get_type_hints
+
+from .errors import ConfigError
+
+
+def _opt(default: Any, *, lo: float | None = None, hi: float | None = None,
+         choices: tuple | None = None, length: int | None = None):
+    """A dataclass field with the range or choices it is validated against."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "length": length}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    path: str = _opt("")
+    provider: str = _opt("auto", choices=("auto", "cpu", "cuda"))
+    threads: int = _opt(0, lo=0, hi=256)
+
+
+@dataclass
+class DecisionConfig:
+    operating_point: str = _opt("eer", choices=("eer", "far1", "fixed"))
+    threshold: float = _opt(0.5, lo=-1.0, hi=1.0)
+    margin: float = _opt(0.0, lo=0.0, hi=2.0)
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = _opt("")
+
+
+@dataclass
+class AugmentConfig:
+    noise_prob: float = _opt(0.5, lo=0.0, hi=1.0)
+    snr_db: list = _opt([5.0, 20.0], length=2)
+    reverb_prob: float = _opt(0.3, lo=0.0, hi=1.0)
+    rt60_s: list = _opt([0.2, 0.8], length=2)
+    gain_db: float = _opt(6.0, lo=0.0, hi=40.0)
+    spec_augment: bool = _opt(True)
+    freq_mask_bins: int = _opt(10, lo=0, hi=80)
+    time_mask_frames: int = _opt(20, lo=0, hi=400)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _opt(32, lo=1, hi=4096)
+    epochs: int = _opt(5, lo=1, hi=10000)
+    min_steps: int = _opt(300, lo=0, hi=10_000_000)
+    optimizer: str = _opt("adamw", choices=("adamw",))
+    lr: float = _opt(1e-3, lo=0.0, hi=1.0)
+    weight_decay: float = _opt(0.0, lo=0.0, hi=1.0)
+    scheduler: str = _opt("cosine", choices=("cosine", "constant"))
+    warmup_steps: int = _opt(0, lo=0, hi=1_000_000)
+    grad_clip: float = _opt(0.0, lo=0.0, hi=1e6)
+    loss: str = _opt("aam", choices=("aam", "softmax"))
+    aam_margin: float = _opt(0.2, lo=0.0, hi=1.0)
+    aam_scale: float = _opt(30.0, lo=1.0, hi=100.0)
+    embedding_dim: int = _opt(256, lo=8, hi=4096)
+    sample_rate: int = _opt(16000, choices=(8000, 16000))
+    window_s: float = _opt(2.0, lo=0.5, hi=10.0)
+    hop_s: float = _opt(0.5, lo=0.1, hi=10.0)
+    n_mels: int = _opt(80, lo=20, hi=128)
+    pretrained: str = _opt("imagenet")
+    freeze_layers: int = _opt(0, lo=0, hi=4)
+    val_fraction: float = _opt(0.2, lo=0.0, hi=0.9)
+    seed: int = _opt(0, lo=0, hi=2**31 - 1)
+    device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
+    amp: bool = _opt(True)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def cache_dir(self) -> Path:
+        """Where converted weights, decoded demo audio and the default model are kept."""
+        if self.paths.cache_dir:
+            return Path(self.paths.cache_dir).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "spkrec"
+
+    def default_model_path(self) -> Path:
+        """The embedded default model, built once from the demo corpus (``spkrec default-model``)."""
+        return self.cache_dir() / "models" / "default.onnx"
+
+    def threshold_for(self, thresholds: Mapping[str, float]) -> float:
+        """The decision threshold: a model-calibrated operating point, or the fixed value."""
+        point = self.decision.operating_point
+        if point == "fixed":
+            return self.decision.threshold
+        if point not in thresholds:
+            raise ConfigError(f"config key 'decision.operating_point': the model has no '{point}' threshold")
+        return float(thresholds[point])
+
+
+def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    """Coerce and validate one leaf value, raising ConfigError that names ``key``."""
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    elif hint is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        if meta.get("length") is not None and len(value) != meta["length"]:
+            raise ConfigError(f"config key '{key}' must have {meta['length']} items, got {len(value)}")
+    if meta.get("choices") and value not in meta["choices"]:
+        options = ", ".join(repr(c) for c in meta["choices"])
+        raise ConfigError(f"config key '{key}' must be one of {options}, got {value!r}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"config key '{key}' must be between {lo} and {hi}, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, data: Mapping[str, Any], prefix: str) -> None:
+    """Write ``data`` into dataclass ``obj`` in place, validating every key."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config key '{prefix.rstrip('.')}' must be a table")
+    hints = get_type_hints(type(obj))
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for name, value in data.items():
+        key = prefix + name
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key '{key}' (known here: {known})")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, key + ".")
+        else:
+            setattr(obj, name, _check_value(key, value, hints[name], fields[name].metadata))
+
+
+def _validate_relations(cfg: Config) -> None:
+    """Checks that span keys; a window must hold at least one hop, and ranges be ordered."""
+    t = cfg.train
+    if t.hop_s > t.window_s:
+        raise ConfigError(f"config key 'train.hop_s' ({t.hop_s}) must not exceed 'train.window_s' ({t.window_s})")
+    for key, pair in (("train.augment.snr_db", t.augment.snr_db), ("train.augment.rt60_s", t.augment.rt60_s)):
+        if not all(isinstance(v, (int, float)) for v in pair) or pair[0] > pair[1]:
+            raise ConfigError(f"config key '{key}' must be [low, high] numbers with low <= high, got {pair!r}")
+
+
+def find_config(explicit: str | Path | None = None) -> Path | None:
+    """The first configuration file in the documented lookup order, or None."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    env = os.environ.get("SPKREC_CONFIG")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file named by SPKREC_CONFIG not found: {path}")
+        return path
+    for candidate in (Path("config.toml"), Path.home() / ".config" / "spkrec" / "config.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(explicit: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then the user's file, then CLI overrides (``{"train.epochs": 10}``)."""
+    cfg = Config()
+    path = find_config(explicit)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        _merge(cfg, data, "")
+    apply_overrides(cfg, overrides or {})
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> None:
+    """Apply dotted-key overrides (CLI flags) with the same validation as the file."""
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *sections, name = dotted.split(".")
+        nested: dict[str, Any] = {name: value}
+        for section in reversed(sections):
+            nested = {section: nested}
+        _merge(cfg, nested, "")
+    _validate_relations(cfg)
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """A Config from a plain dict (as saved next to a training run), validated like a file."""
+    cfg = Config()
+    _merge(cfg, data, "")
+    _validate_relations(cfg)
+    return cfg

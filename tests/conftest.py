@@ -1,0 +1,47 @@
+"""Shared fixtures: real speech from ../shared/data and one small model trained on it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SPKREC_SHARED_DATA", REPO.parent / "shared" / "data"))
+LIBRI = SHARED_DATA / "librispeech-test-other"
+TRAIN_SPEAKERS = ("1688", "1998", "2033")
+
+
+def pytest_configure(config):
+    if not LIBRI.is_dir():
+        raise pytest.UsageError(f"real speech not found at {LIBRI}: set SPKREC_SHARED_DATA")
+
+
+def spkrec(*args: str, env: dict | None = None, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run the installed `spkrec` command as a user would."""
+    exe = Path(sys.executable).with_name("spkrec")
+    done = subprocess.run([str(exe), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, **kw)
+    if check and done.returncode != 0:
+        raise AssertionError(f"spkrec {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="session")
+def speakers_dir(tmp_path_factory) -> Path:
+    """A folder-per-speaker dataset of three real LibriSpeech voices (symlinks, nothing copied)."""
+    root = tmp_path_factory.mktemp("speakers")
+    for speaker in TRAIN_SPEAKERS:
+        (root / speaker).symlink_to(LIBRI / speaker, target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(speakers_dir, tmp_path_factory) -> Path:
+    """A small model trained for a few steps on real speech and exported, via the real CLI."""
+    run_dir = tmp_path_factory.mktemp("run")
+    spkrec("train", str(speakers_dir), "--out", str(run_dir), "--epochs", "1", "--min-steps", "0",
+           "--batch-size", "8", "--seed", "0", check=True)
+    return run_dir

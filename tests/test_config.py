@@ -1,0 +1,80 @@
+import dataclasses
+import re
+import tomllib
+
+import pytest
+
+from spkrec.models.config import Config, apply_overrides, load_config
+from spkrec.models.errors import ConfigError
+
+from conftest import REPO, spkrec
+
+
+def test_shipped_config_states_exactly_the_defaults():
+    shipped = tomllib.loads((REPO / "config.toml").read_text())
+    assert shipped == dataclasses.asdict(Config())
+
+
+def test_every_shipped_key_is_commented():
+    lines = (REPO / "config.toml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^[a-z_0-9]+\s*=", line):
+            # a comment directly above, or above a run of keys that share one comment
+            j = i - 1
+            while j >= 0 and re.match(r"^[a-z_0-9]+\s*=", lines[j]):
+                j -= 1
+            assert j >= 0 and lines[j].startswith("#"), f"config.toml key without comment: {line}"
+
+
+def test_user_file_is_merged_over_defaults(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text("[train]\nepochs = 7\n[train.augment]\nnoise_prob = 0.0\n")
+    cfg = load_config(path)
+    assert cfg.train.epochs == 7 and cfg.train.augment.noise_prob == 0.0
+    assert cfg.train.batch_size == Config().train.batch_size
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[train]\nepoch = 3\n", "train.epoch"),
+    ("[train]\nepochs = 'many'\n", "train.epochs"),
+    ("[train]\nlr = -1.0\n", "train.lr"),
+    ("[model]\nprovider = 'tpu'\n", "model.provider"),
+    ("[train.augment]\nsnr_db = [20.0, 5.0]\n", "train.augment.snr_db"),
+    ("[train]\nhop_s = 3.0\n", "train.hop_s"),
+    ("[nope]\nx = 1\n", "nope"),
+])
+def test_bad_values_name_their_key(tmp_path, text, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+        load_config(path)
+
+
+def test_lookup_order_env_then_cwd(tmp_path, monkeypatch):
+    env_file = tmp_path / "env.toml"
+    env_file.write_text("[train]\nepochs = 11\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "config.toml").write_text("[train]\nepochs = 12\n")
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("SPKREC_CONFIG", str(env_file))
+    assert load_config().train.epochs == 11
+    monkeypatch.delenv("SPKREC_CONFIG")
+    assert load_config().train.epochs == 12
+
+
+def test_flags_override_and_are_validated():
+    cfg = Config()
+    apply_overrides(cfg, {"train.epochs": 9, "train.lr": None})
+    assert cfg.train.epochs == 9 and cfg.train.lr == 1e-3
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        apply_overrides(cfg, {"train.batch_size": 0})
+
+
+def test_broken_config_is_one_line_error_on_cli(tmp_path):
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[train\nepochs = 3\n")
+    done = spkrec("identify", "x.wav", "--config", str(bad))
+    assert done.returncode == 2
+    assert done.stderr.startswith("spkrec: error:") and "not valid TOML" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -1,0 +1,165 @@
+"""Training subcommands of ``spkrec``: train, export, eval, weights, default-model.
+
+Registered through the ``spkrec.commands`` entry point, so the daemon's command line lists
+them without importing this room; torch is imported only when one of them runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from spkrec.models.config import Config
+
+# The demo model must build on a 2-core CPU in minutes, so it trains fewer steps than the
+# default recipe asks for a user's data (see README, "Default model").
+DEMO_OVERRIDES = {"train.min_steps": 150}
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict:
+    """Add the training subcommands; returns {name: handler}."""
+    p = sub.add_parser("train", parents=[common], help="fine-tune ResNet50 on labelled speaker audio and export ONNX",
+                       description="Train a speaker model on DATA (a folder per speaker, or a path,label CSV) and "
+                                   "write RUN_DIR/model.onnx, metrics.json, confusion.png and checkpoints.")
+    p.add_argument("data", type=Path, help="folder of <speaker>/<files> or a CSV manifest (path,label)")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder to write")
+    p.add_argument("--val", type=Path, help="explicit validation folder or CSV (default: a seeded split of DATA)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    p.add_argument("--int8", action="store_true", help="also write an int8-quantised model.int8.onnx")
+    _train_flags(p)
+
+    p = sub.add_parser("export", parents=[common], help="re-export a run's model (optionally int8)",
+                       description="Write model.onnx again from RUN_DIR/model.pt, with parity check; --int8 adds a "
+                                   "quantised copy and reports its accuracy and speed next to fp32.")
+    p.add_argument("run_dir", type=Path, help="a folder written by `spkrec train`")
+    p.add_argument("--out", type=Path, help="output path (default RUN_DIR/model.onnx)")
+    p.add_argument("--int8", action="store_true", help="also write an int8-quantised copy")
+
+    p = sub.add_parser("eval", parents=[common], help="evaluate an ONNX model on labelled audio",
+                       description="Closed-set accuracy (per window and per file), confusion matrix, EER and minDCF "
+                                   "of MODEL on DATA, through ONNX Runtime.")
+    p.add_argument("model", type=Path, help="a spkrec ONNX model")
+    p.add_argument("data", type=Path, help="folder of <speaker>/<files> or a CSV manifest")
+    p.add_argument("--out", type=Path, help="folder for metrics.json and confusion.png")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+
+    p = sub.add_parser("weights", parents=[common], help="fetch and cache ImageNet ResNet50 weights (offline-safe)",
+                       description="Build the ImageNet ResNet50 state dict used by --pretrained imagenet and cache it.")
+
+    p = sub.add_parser("default-model", parents=[common], help="build (once) and print the embedded default model",
+                       description="Train the default model on the demo corpus (four Fish Fillets voices from "
+                                   "Debian packages) and cache it; later calls reuse it.")
+    p.add_argument("--rebuild", action="store_true", help="train again even if a cached model exists")
+    return {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "weights": cmd_weights,
+            "default-model": cmd_default_model}
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    flags = [
+        ("--epochs", int, "train.epochs", "epochs (an epoch covers each file's audio about once)"),
+        ("--min-steps", int, "train.min_steps", "raise epochs until at least this many optimisation steps run"),
+        ("--batch-size", int, "train.batch_size", "batch size"),
+        ("--lr", float, "train.lr", "peak learning rate"),
+        ("--loss", str, "train.loss", "aam (default) or softmax (the original recipe)"),
+        ("--pretrained", str, "train.pretrained", "imagenet, none, or a state-dict PATH"),
+        ("--device", str, "train.device", "auto, cpu or cuda"),
+        ("--seed", int, "train.seed", "random seed (split, crops, augmentation, init)"),
+        ("--freeze-layers", int, "train.freeze_layers", "freeze the stem and the first N-1 ResNet stages"),
+    ]
+    for flag, kind, key, text in flags:
+        p.add_argument(flag, type=kind, dest=key, metavar=flag.strip("-").split("-")[0].upper(), help=f"{text} [{key}]")
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
+    from .reexport import int8_report
+    from .train import run
+
+    result = run(args.data, args.out, cfg, val_data=args.val, resume=args.resume, console=_console())
+    print_metrics(result.metrics, _console())
+    if args.int8:
+        int8_report(result.model_path, args.out, _console())
+    _console().print(f"model written: [bold]{result.model_path}[/]")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, cfg: Config) -> int:
+    from .reexport import int8_report, reexport
+
+    path = reexport(args.run_dir, args.out, _console())
+    if args.int8:
+        int8_report(path, args.run_dir, _console())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
+    from .reexport import evaluate_onnx
+
+    metrics = evaluate_onnx(args.model, args.data, args.out, cfg, _console())
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print_metrics(metrics, Console())
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace, cfg: Config) -> int:
+    from . import pretrained
+
+    state, source = pretrained.resolve("imagenet", cfg.cache_dir(), _console().print)
+    _console().print(f"ImageNet ResNet50 weights ready ({len(state)} tensors): {source}")
+    return 0
+
+
+def cmd_default_model(args: argparse.Namespace, cfg: Config) -> int:
+    path = cfg.default_model_path()
+    if path.is_file() and not args.rebuild:
+        _console().print(f"default model already built: {path}")
+        print(path)
+        return 0
+    from spkrec.models.config import apply_overrides
+
+    from .demo import build_corpus
+    from .train import run
+
+    console = _console()
+    with console.status("fetching the demo corpus (Fish Fillets voices, Debian packages) ..."):
+        manifests = build_corpus(cfg.cache_dir())
+    apply_overrides(cfg, DEMO_OVERRIDES)
+    result = run(manifests["train"], cfg.cache_dir() / "runs" / "default", cfg, val_data=manifests["val"], console=console)
+    print_metrics(result.metrics, console)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(result.model_path.read_bytes())
+    partial.replace(path)
+    console.print(f"default model cached: [bold]{path}[/]")
+    print(path)
+    return 0
+
+
+def print_metrics(metrics: dict, console: Console) -> None:
+    """The headline numbers of a run or evaluation as one table."""
+    table = Table(title="evaluation", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [("file accuracy", metrics.get("file_accuracy"), "{:.1%}"),
+            ("window accuracy", metrics.get("window_accuracy"), "{:.1%}"),
+            ("EER, file pairs", metrics.get("file_pairs", {}).get("eer"), "{:.2%}"),
+            ("minDCF(0.01), file pairs", metrics.get("file_pairs", {}).get("min_dcf_p0.01"), "{:.3f}"),
+            ("EER, window vs prototype", metrics.get("window_vs_prototype", {}).get("eer"), "{:.2%}"),
+            ("threshold (EER point)", metrics.get("thresholds", {}).get("eer"), "{:.3f}"),
+            ("threshold (1% FAR)", metrics.get("thresholds", {}).get("far1"), "{:.3f}"),
+            ("parity max |diff|", metrics.get("parity_max_abs_diff"), "{:.1e}")]
+    for name, value, fmt in rows:
+        if value is not None:
+            table.add_row(name, fmt.format(value))
+    if "pretrained" in metrics:
+        table.add_row("pretrained", str(metrics["pretrained"]))
+    console.print(table)

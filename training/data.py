@@ -1,0 +1,178 @@
+"""Datasets: finding labelled audio, decoding it once, splitting it, and cutting training crops.
+
+Two layouts are read: a folder per speaker (``DATA/<speaker>/**/*.wav``, label = first-level
+folder) and a CSV manifest (``path,label``, paths relative to the CSV file).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from spkrec.models.audio import AUDIO_EXTENSIONS, is_silent, load_audio
+from spkrec.models.errors import AudioError, DataError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled file, before decoding."""
+
+    path: Path
+    label: str
+
+
+@dataclass(eq=False)
+class Clip:
+    """One decoded file: mono float32 samples at the model rate."""
+
+    path: Path
+    label: str
+    samples: np.ndarray
+
+
+def discover(source: str | Path) -> list[Item]:
+    """Labelled files from a speaker-folder tree or a CSV manifest, in a stable order."""
+    source = Path(source).expanduser()
+    if source.is_file() and source.suffix.lower() == ".csv":
+        items = _from_csv(source)
+    elif source.is_dir():
+        items = _from_folders(source)
+    elif source.exists():
+        raise DataError(f"{source} is neither a folder of speaker folders nor a .csv manifest")
+    else:
+        raise DataError(f"dataset not found: {source}")
+    if not items:
+        raise DataError(
+            f"no audio found in {source}: expected <speaker>/<file>{'|'.join(AUDIO_EXTENSIONS)} folders "
+            "or a CSV with path,label rows"
+        )
+    return sorted(items, key=lambda item: (item.label, str(item.path)))
+
+
+def _from_folders(root: Path) -> list[Item]:
+    items = []
+    for speaker_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(speaker_dir.rglob("*")):
+            if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
+                items.append(Item(path, speaker_dir.name))
+    return items
+
+
+def _from_csv(manifest: Path) -> list[Item]:
+    items = []
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            if not row or row[0].strip().startswith("#"):
+                continue
+            if line_no == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise DataError(f"{manifest}:{line_no}: expected 'path,label', got {','.join(row)!r}")
+            path = Path(row[0].strip())
+            items.append(Item(path if path.is_absolute() else (manifest.parent / path).resolve(), row[1].strip()))
+    return items
+
+
+def decode(items: list[Item], rate: int, progress: Callable[[Item], None] | None = None,
+           warn: Callable[[str], None] = print) -> list[Clip]:
+    """Decode every file once; unreadable, empty or silent files are skipped with a warning."""
+    clips, skipped = [], 0
+    for item in items:
+        try:
+            samples = load_audio(item.path, rate)
+            if is_silent(samples):
+                raise AudioError(f"{item.path} is silent")
+            clips.append(Clip(item.path, item.label, samples))
+        except AudioError as exc:
+            skipped += 1
+            warn(f"skipped: {exc}")
+        if progress:
+            progress(item)
+    if skipped:
+        warn(f"skipped {skipped} of {len(items)} files that could not be used")
+    return clips
+
+
+def require_speakers(clips: list[Clip], minimum: int = 2) -> list[str]:
+    """Sorted labels, or a DataError when fewer than ``minimum`` speakers have usable audio."""
+    labels = sorted({c.label for c in clips})
+    if len(labels) < minimum:
+        raise DataError(f"need at least {minimum} speakers with usable audio, found {len(labels)}: {', '.join(labels) or 'none'}")
+    return labels
+
+
+def split(clips: list[Clip], val_fraction: float, seed: int) -> tuple[list[Clip], list[Clip]]:
+    """Stratified split by file: each speaker with two or more files keeps at least one for training."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[Clip]] = defaultdict(list)
+    for clip in clips:
+        by_label[clip.label].append(clip)
+    train, val = [], []
+    for label in sorted(by_label):
+        group = by_label[label]
+        order = rng.permutation(len(group))
+        n_val = min(len(group) - 1, int(round(val_fraction * len(group)))) if val_fraction > 0 else 0
+        if val_fraction > 0 and len(group) >= 2:
+            n_val = max(n_val, 1)
+        val += [group[i] for i in order[:n_val]]
+        train += [group[i] for i in order[n_val:]]
+    return train, val
+
+
+def write_split(path: Path, train: list[Clip], val: list[Clip]) -> None:
+    """Record which file went where, so a run can be audited and reproduced."""
+    def rows(clips: list[Clip]) -> list[dict]:
+        return [{"path": str(c.path), "label": c.label} for c in clips]
+
+    path.write_text(json.dumps({"train": rows(train), "validation": rows(val)}, indent=1))
+
+
+def summary(clips: list[Clip], rate: int) -> dict:
+    """Speakers, files and seconds: what the model was trained on, for its metadata."""
+    seconds: Counter = Counter()
+    files: Counter = Counter()
+    for clip in clips:
+        seconds[clip.label] += clip.samples.size / rate
+        files[clip.label] += 1
+    return {
+        "speakers": len(files),
+        "files": sum(files.values()),
+        "seconds": round(sum(seconds.values()), 1),
+        "per_speaker": {k: {"files": files[k], "seconds": round(seconds[k], 1)} for k in sorted(files)},
+    }
+
+
+def crops_per_epoch(clips: list[Clip], window: int) -> list[int]:
+    """Clip indices, each repeated once per window of its audio: an epoch covers each file once."""
+    return [i for i, c in enumerate(clips) for _ in range(max(1, int(round(c.samples.size / window))))]
+
+
+def epoch_batches(clips: list[Clip], window: int, batch_size: int, seed: int, epoch: int) -> Iterator[list[tuple[int, int]]]:
+    """Shuffled (clip index, crop offset) batches for one epoch, reproducible from (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    entries = np.array(crops_per_epoch(clips, window))
+    entries = entries[rng.permutation(len(entries))]
+    full = len(entries) // batch_size * batch_size or len(entries)  # drop a ragged last batch
+    for start in range(0, full, batch_size):
+        batch = []
+        for index in entries[start : start + batch_size]:
+            room = clips[index].samples.size - window
+            batch.append((int(index), int(rng.integers(0, room + 1)) if room > 0 else 0))
+        yield batch
+
+
+def steps_per_epoch(clips: list[Clip], window: int, batch_size: int) -> int:
+    n = len(crops_per_epoch(clips, window))
+    return max(1, n // batch_size)
+
+
+def epochs_needed(epochs: int, min_steps: int, per_epoch: int) -> int:
+    """The configured epochs, raised until at least ``min_steps`` optimisation steps run."""
+    return max(epochs, math.ceil(min_steps / per_epoch))

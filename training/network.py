@@ -1,0 +1,81 @@
+"""The speaker network: log-mel front end -> ResNet50 -> embedding, plus the training heads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torchvision
+from torch import nn
+
+from .features import LogMel, SpecAugment
+
+
+class SpeakerNet(nn.Module):
+    """waveform [B, T] -> (unit embedding [B, D], logits [B, n_speakers]).
+
+    With the AAM head the classifier rows are unit speaker directions in embedding space,
+    so its logits are scaled cosine scores: classification and open-set scoring agree.
+    """
+
+    def __init__(self, n_speakers: int, embedding_dim: int = 256, sample_rate: int = 16000,
+                 n_mels: int = 80, head: str = "aam", scale: float = 30.0,
+                 spec_augment: SpecAugment | None = None) -> None:
+        super().__init__()
+        self.frontend = LogMel(sample_rate, n_mels)
+        self.spec_augment = spec_augment or nn.Identity()
+        backbone = torchvision.models.resnet50(weights=None)
+        backbone.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        self.embed = nn.Sequential(nn.Linear(2048, embedding_dim), nn.BatchNorm1d(embedding_dim))
+        self.head = head
+        if head == "aam":
+            self.classifier = nn.Parameter(torch.empty(n_speakers, embedding_dim))
+            nn.init.xavier_uniform_(self.classifier)
+        else:  # the original recipe: a plain linear classifier over the embedding
+            self.linear = nn.Linear(embedding_dim, n_speakers)
+        self.logit_scale = scale
+
+    def features(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.spec_augment(self.frontend(waveform))[:, None]  # [B, 1, mels, frames]
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = self.embed(self.backbone(self.features(waveform)))
+        embedding = nn.functional.normalize(raw, dim=-1)
+        if self.head == "aam":
+            logits = embedding @ nn.functional.normalize(self.classifier, dim=-1).T * self.logit_scale
+        else:
+            logits = self.linear(raw)
+        return embedding, logits
+
+    def freeze(self, stages: int) -> None:
+        """Freeze the stem and the first ``stages - 1`` residual stages (0 = train everything)."""
+        if stages <= 0:
+            return
+        modules = [self.backbone.conv1, self.backbone.bn1] + [getattr(self.backbone, f"layer{i}") for i in range(1, stages)]
+        for module in modules:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+
+class MarginLoss(nn.Module):
+    """Additive angular margin (ArcFace) cross-entropy on the AAM head's scaled cosines."""
+
+    def __init__(self, margin: float, scale: float) -> None:
+        super().__init__()
+        self.margin, self.scale = margin, scale
+        self.cos_m, self.sin_m = math.cos(margin), math.sin(margin)
+        # Beyond theta = pi - m the margin would make the target easier, not harder.
+        self.threshold = math.cos(math.pi - margin)
+        self.fallback = math.sin(math.pi - margin) * margin
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        cosine = (logits / self.scale).float().clamp(-1.0, 1.0)
+        if self.margin > 0:
+            sine = torch.sqrt((1.0 - cosine * cosine).clamp(min=1e-7))
+            phi = cosine * self.cos_m - sine * self.sin_m
+            phi = torch.where(cosine > self.threshold, phi, cosine - self.fallback)
+            one_hot = nn.functional.one_hot(target, cosine.shape[1]).bool()
+            cosine = torch.where(one_hot, phi, cosine)
+        return nn.functional.cross_entropy(cosine * self.scale, target)

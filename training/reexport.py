@@ -1,0 +1,104 @@
+"""Working with finished runs and exported models: re-export, int8 copies, ONNX evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from spkrec.models.artifact import ModelInfo
+from spkrec.models.config import Config, from_dict
+from spkrec.models.engine import Engine
+from spkrec.models.errors import DataError
+from spkrec.models.windows import fit_length
+
+from . import data as datasets
+from .evaluate import embed_clips, evaluate, save_confusion_png
+from .export import check_parity, export_onnx, quantize_int8, speed_ms
+from .train import build_net
+
+
+def _validation_clips(run_dir: Path, rate: int) -> list[datasets.Clip]:
+    split = json.loads((run_dir / "split.json").read_text())
+    rows = split["validation"] or split["train"]
+    items = [datasets.Item(Path(r["path"]), r["label"]) for r in rows]
+    return datasets.decode(items, rate, warn=lambda m: None)
+
+
+def reexport(run_dir: Path, out: Path | None, console: Console) -> Path:
+    """model.pt -> ONNX again (same metadata), with the parity check."""
+    saved_path = run_dir / "model.pt"
+    if not saved_path.is_file():
+        raise DataError(f"{run_dir} has no model.pt: train first with `spkrec train DATA --out {run_dir}`")
+    saved = torch.load(saved_path, map_location="cpu", weights_only=False)
+    cfg = from_dict(saved["config"])
+    t = cfg.train
+    net = build_net(len(saved["labels"]), t)
+    net.load_state_dict(saved["model"])
+    info = ModelInfo(sample_rate=t.sample_rate, window_s=t.window_s, hop_s=t.hop_s, embedding_dim=t.embedding_dim,
+                     labels=tuple(saved["labels"]), prototypes=np.asarray(saved["prototypes"], np.float32),
+                     thresholds=saved["thresholds"], fingerprint="", training=saved["training"])
+    path = out or run_dir / "model.onnx"
+    info = export_onnx(net, info, path)
+    clips = _validation_clips(run_dir, t.sample_rate)[:4]
+    diff = check_parity(net, path, np.stack([fit_length(c.samples, info.window_samples) for c in clips]))
+    console.print(f"exported {path} (fingerprint {info.fingerprint}, parity max |diff| {diff:.1e})")
+    return path
+
+
+def int8_report(model_path: Path, run_dir: Path, console: Console) -> Path:
+    """Write model.int8.onnx and compare its accuracy and speed with the fp32 model."""
+    fp32 = Engine(model_path, provider="cpu")
+    dst = model_path.with_name(model_path.stem + ".int8.onnx")
+    quantize_int8(model_path, dst, fp32.info)
+    clips = _validation_clips(run_dir, fp32.info.sample_rate)
+    table = Table(title="fp32 vs int8 (CPU, validation files)")
+    for column in ("model", "file acc", "window acc", "EER (pairs)", "ms/window (b=1)", "MB"):
+        table.add_column(column, justify="right")
+    report = {}
+    for name, path in (("fp32", model_path), ("int8", dst)):
+        metrics = _evaluate(Engine(path, provider="cpu"), clips)
+        ms = speed_ms(path, fp32.info.window_samples)
+        report[name] = {"file_accuracy": metrics.get("file_accuracy"), "window_accuracy": metrics.get("window_accuracy"),
+                        "eer": metrics.get("file_pairs", {}).get("eer"), "ms_per_window": ms,
+                        "megabytes": path.stat().st_size / 1e6}
+        r = report[name]
+        table.add_row(name, _pct(r["file_accuracy"]), _pct(r["window_accuracy"]), _pct(r["eer"]), f"{ms:.1f}",
+                      f"{r['megabytes']:.0f}")
+    console.print(table)
+    (run_dir / "int8.json").write_text(json.dumps(report, indent=1))
+    return dst
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _evaluate(engine: Engine, clips: list[datasets.Clip]) -> dict:
+    embedded = embed_clips(engine.embed, clips, engine.info.window_samples)
+    return evaluate(embedded, list(engine.info.labels), engine.info.prototypes)
+
+
+def evaluate_onnx(model: Path, data: Path, out: Path | None, cfg: Config, console: Console) -> dict:
+    """Evaluate an exported model on labelled audio through ONNX Runtime."""
+    engine = Engine(model, provider=cfg.model.provider, threads=cfg.model.threads)
+    with console.status(f"decoding {data} ..."):
+        clips = datasets.decode(datasets.discover(data), engine.info.sample_rate,
+                                warn=lambda m: console.print(f"[yellow]{m}[/]"))
+    if not clips:
+        raise DataError(f"no usable audio in {data}")
+    with console.status(f"embedding {len(clips)} files ..."):
+        metrics = _evaluate(engine, clips)
+    unknown = sorted({c.label for c in clips} - set(engine.info.labels))
+    if unknown:
+        metrics["labels_not_in_model"] = unknown
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        if "confusion" in metrics:
+            save_confusion_png(metrics["confusion"], list(engine.info.labels), out / "confusion.png")
+    return metrics

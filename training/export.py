@@ -85,8 +85,11 @@ def quantize_int8(src: Path, dst: Path, info: ModelInfo) -> ModelInfo:
 
     Quantising the fixed Fourier basis would add error to every feature for no speed gain.
     """
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    logging.getLogger().setLevel(logging.ERROR)  # its pre-processing advice is noise to a user
     model = onnx.load(str(src))
     frontend = [n.name for n in model.graph.node if n.name.startswith("/frontend/")]
     with tempfile.TemporaryDirectory() as tmp:

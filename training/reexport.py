@@ -35,7 +35,7 @@ def reexport(run_dir: Path, out: Path | None, console: Console) -> Path:
     if not saved_path.is_file():
         raise DataError(f"{run_dir} has no model.pt: train first with `spkrec train DATA --out {run_dir}`")
     saved = torch.load(saved_path, map_location="cpu", weights_only=False)
-    cfg = from_dict(saved["config"])
+    cfg = from_dict({"train": saved["config"]["train"]})
     t = cfg.train
     net = build_net(len(saved["labels"]), t)
     net.load_state_dict(saved["model"])

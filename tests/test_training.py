@@ -1,0 +1,127 @@
+"""Train a small model on real speech through the CLI, export it, and check the artifact."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import torch
+
+from spkrec.models.engine import Engine
+from spkrec.models.windows import fit_length
+from spkrec.training import data as datasets
+from spkrec.training.export import parity
+from spkrec.training.reexport import reexport
+from spkrec.training.train import build_net
+from spkrec.models.config import from_dict
+
+from conftest import TRAIN_SPEAKERS, spkrec
+
+
+def _validation(run_dir):
+    split = json.loads((run_dir / "split.json").read_text())
+    return [datasets.Item(__import__("pathlib").Path(r["path"]), r["label"]) for r in split["validation"]]
+
+
+def test_run_writes_model_metrics_and_plots(trained_run):
+    for name in ("model.onnx", "model.pt", "checkpoint.pt", "metrics.json", "confusion.png", "split.json", "config.json"):
+        assert (trained_run / name).is_file(), name
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    for key in ("file_accuracy", "window_accuracy", "confusion", "file_pairs", "thresholds", "pretrained"):
+        assert key in metrics, key
+    assert "imagenet" in metrics["pretrained"]
+    assert set(metrics["file_pairs"]) >= {"eer", "min_dcf_p0.01"}
+    assert np.array(metrics["confusion"]).sum() == len(_validation(trained_run))
+    assert metrics["parity_max_abs_diff"] <= 1e-3
+
+
+def test_metadata_round_trips_into_the_runtime(trained_run):
+    info = Engine(trained_run / "model.onnx", provider="cpu").info
+    assert info.labels == TRAIN_SPEAKERS
+    assert info.sample_rate == 16000 and info.window_s == 2.0 and info.hop_s == 0.5
+    assert info.prototypes.shape == (3, info.embedding_dim)
+    assert np.allclose(np.linalg.norm(info.prototypes, axis=1), 1.0, atol=1e-5)
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert info.fingerprint == metrics["fingerprint"]
+    assert info.thresholds["eer"] == metrics["thresholds"]["eer"]
+    assert info.training["pretrained"] == metrics["pretrained"]
+    assert info.training["data"]["speakers"] == 3
+
+
+def test_pytorch_and_onnxruntime_agree_on_real_speech(trained_run):
+    saved = torch.load(trained_run / "model.pt", map_location="cpu", weights_only=False)
+    cfg = from_dict({"train": saved["config"]["train"]})
+    net = build_net(len(saved["labels"]), cfg.train)
+    net.load_state_dict(saved["model"])
+    clips = datasets.decode(_validation(trained_run), 16000)
+    # dynamic batch and length: 3 windows of 3 s, longer than the 2 s the graph was traced with
+    batch = np.stack([fit_length(c.samples, 48000) for c in clips[:3]])
+    assert parity(net, trained_run / "model.onnx", batch) <= 1e-3
+
+
+def test_model_loads_and_runs_without_torch(trained_run):
+    code = (
+        "import sys, numpy as np\n"
+        "from spkrec.models.engine import Engine\n"
+        f"e = Engine({str(trained_run / 'model.onnx')!r}, provider='cpu')\n"
+        "out = e.embed(np.random.default_rng(0).standard_normal((2, 24000)).astype(np.float32) * 0.1)\n"
+        "assert out.shape == (2, e.info.embedding_dim)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok', e.provider)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok CPUExecutionProvider")
+
+
+def test_identify_names_held_out_files(trained_run):
+    items = _validation(trained_run)
+    done = spkrec("identify", "--model", str(trained_run / "model.onnx"), "--json", *[str(i.path) for i in items], check=True)
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(results) == len(items)
+    correct = sum(r["candidates"][0][0] == i.label for r, i in zip(results, items))
+    assert correct >= 2 * len(items) / 3, results
+    assert all(len(r["candidates"]) == 3 and r["score"] == r["candidates"][0][1] for r in results)
+
+
+def test_eval_command_writes_metrics(trained_run, speakers_dir, tmp_path):
+    done = spkrec("eval", str(trained_run / "model.onnx"), str(speakers_dir), "--out", str(tmp_path), "--json", check=True)
+    metrics = json.loads(done.stdout)
+    assert metrics["files"] == 30 and 0.0 <= metrics["file_pairs"]["eer"] <= 1.0
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "confusion.png").stat().st_size > 1000
+
+
+def test_reexport_and_int8_copy(trained_run):
+    done = spkrec("export", str(trained_run), "--int8", check=True)
+    assert "parity" in done.stderr
+    report = json.loads((trained_run / "int8.json").read_text())
+    assert report["int8"]["megabytes"] < report["fp32"]["megabytes"] / 2
+    int8 = Engine(trained_run / "model.int8.onnx", provider="cpu")
+    assert int8.info.precision == "int8" and int8.info.labels == TRAIN_SPEAKERS
+
+
+def test_resume_continues_from_the_checkpoint(trained_run, speakers_dir):
+    before = torch.load(trained_run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"]
+    done = spkrec("train", str(speakers_dir), "--out", str(trained_run), "--epochs", "2", "--min-steps", "0",
+                  "--batch-size", "8", "--resume", check=True)
+    assert f"resuming after epoch {before}" in done.stderr
+    assert torch.load(trained_run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"] == 2
+
+
+def test_broken_and_foreign_models_are_one_line_errors(trained_run, tmp_path, speakers_dir):
+    wav = str(next((speakers_dir / "1688").iterdir()))
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage" * 100)
+    old = tmp_path / "old.onnx"
+    model = onnx.load(str(trained_run / "model.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "spkrec.format_version":
+            prop.value = "99"
+    onnx.save(model, str(old))
+    for path, expected in ((tmp_path / "missing.onnx", "model file not found"), (corrupt, "not a loadable ONNX model"),
+                           (old, "format version 99")):
+        done = spkrec("identify", "--model", str(path), wav)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("spkrec: error:") and expected in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

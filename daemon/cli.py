@@ -46,7 +46,26 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     _model_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
-    return {"identify": cmd_identify}
+
+    p = sub.add_parser("live", parents=[common], help="listen and show who is speaking, live (also: spkrec-live)",
+                       description="Capture audio (microphone, file or stdin), keep voiced audio, score sliding "
+                                   "windows with ONNX Runtime and show live speaker labels. With no model configured "
+                                   "the default model is used (built once); with no microphone, a demo stream.")
+    p.add_argument("--device", dest="audio.device", metavar="ID",
+                   help="input device index or name substring (`spkrec devices`) [audio.device]")
+    p.add_argument("--input", metavar="FILE", help="read a file instead of a microphone ('-' = raw 16-bit PCM on stdin)")
+    p.add_argument("--fast", action="store_true", help="with --input FILE: as fast as possible, not in real time")
+    _model_flags(p)
+    p.add_argument("--events", metavar="FILE", help="append JSON-lines events to FILE ('-' = stdout)")
+    p.add_argument("--no-ui", action="store_true", help="plain log lines on stderr instead of the terminal UI")
+    p.add_argument("--window", dest="stream.window_s", type=float, metavar="S",
+                   help="scored window in seconds (default: the model's) [stream.window_s]")
+    p.add_argument("--hop", dest="stream.hop_s", type=float, metavar="S",
+                   help="hop between windows in seconds (default: the model's) [stream.hop_s]")
+
+    p = sub.add_parser("devices", parents=[common], help="list audio input devices",
+                       description="List the audio input devices PortAudio sees, with their default sample rates.")
+    return {"identify": cmd_identify, "live": cmd_live, "devices": cmd_devices}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
@@ -107,6 +126,30 @@ def resolve_model(cfg: Config) -> Path:
         raise ModelError("no model configured and the default model is not built yet: "
                          "run `spkrec default-model`, or pass --model PATH")
     return default
+
+
+def cmd_live(args: argparse.Namespace, cfg: Config) -> int:
+    from .live import run_live
+
+    return run_live(args, cfg)
+
+
+def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
+    from .devices import default_input, list_inputs
+
+    inputs = list_inputs()
+    if not inputs:
+        print("spkrec: no audio input devices found", file=sys.stderr)
+        return 1
+    default = default_input()
+    table = Table(title="audio input devices")
+    for column in ("index", "name", "host API", "channels", "default rate", "default"):
+        table.add_column(column)
+    for d in inputs:
+        table.add_row(str(d.index), d.name, d.hostapi, str(d.channels), f"{d.default_rate} Hz",
+                      "*" if default and d.index == default.index else "")
+    Console().print(table)
+    return 0
 
 
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:

@@ -38,6 +38,35 @@ class ModelConfig:
 
 
 @dataclass
+class AudioConfig:
+    device: str = _opt("")
+    stdin_rate: int = _opt(16000, lo=8000, hi=192000)
+    block_s: float = _opt(0.1, lo=0.01, hi=1.0)
+    queue_s: float = _opt(10.0, lo=0.5, hi=600.0)
+    reconnect_max_s: float = _opt(10.0, lo=0.1, hi=600.0)
+
+
+@dataclass
+class VadConfig:
+    aggressiveness: int = _opt(2, lo=0, hi=3)
+    frame_ms: int = _opt(30, choices=(10, 20, 30))
+    min_voiced_ratio: float = _opt(0.5, lo=0.0, hi=1.0)
+
+
+@dataclass
+class StreamConfig:
+    window_s: float = _opt(0.0, lo=0.0, hi=10.0)
+    hop_s: float = _opt(0.0, lo=0.0, hi=10.0)
+    smoothing: int = _opt(3, lo=1, hi=50)
+
+
+@dataclass
+class UiConfig:
+    refresh_hz: float = _opt(8.0, lo=1.0, hi=30.0)
+    timeline_s: float = _opt(60.0, lo=10.0, hi=600.0)
+
+
+@dataclass
 class DecisionConfig:
     operating_point: str = _opt("eer", choices=("eer", "far1", "fixed"))
     threshold: float = _opt(0.5, lo=-1.0, hi=1.0)
@@ -92,7 +121,11 @@ class TrainConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -167,6 +200,9 @@ def _merge(obj: Any, data: Mapping[str, Any], prefix: str) -> None:
 def _validate_relations(cfg: Config) -> None:
     """Checks that span keys; a window must hold at least one hop, and ranges be ordered."""
     t = cfg.train
+    if cfg.stream.window_s and cfg.stream.hop_s > cfg.stream.window_s:
+        raise ConfigError(f"config key 'stream.hop_s' ({cfg.stream.hop_s}) must not exceed 'stream.window_s' "
+                          f"({cfg.stream.window_s})")
     if t.hop_s > t.window_s:
         raise ConfigError(f"config key 'train.hop_s' ({t.hop_s}) must not exceed 'train.window_s' ({t.window_s})")
     for key, pair in (("train.augment.snr_db", t.augment.snr_db), ("train.augment.rt60_s", t.augment.rt60_s)):

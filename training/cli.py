@@ -126,7 +126,7 @@ def cmd_default_model(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     from spkrec.models.config import apply_overrides
 
-    from .demo import build_corpus
+    from spkrec.models.democorpus import build_corpus
     from .train import run
 
     console = _console()

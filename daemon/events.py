@@ -1,0 +1,58 @@
+"""The events the live pipeline emits: one documented, stable JSON schema for integrators.
+
+Times are seconds of stream time (audio seen so far), never wall-clock, so a file replayed
+with ``--fast`` and the same audio heard live give the same events.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SpeakerEvent:
+    """One scored window: who (after smoothing), how sure, and the runners-up."""
+
+    start: float
+    end: float
+    label: str  # a speaker name or "unknown"
+    score: float
+    candidates: tuple[tuple[str, float], ...]
+    voiced: float  # share of the window's VAD frames that were voiced
+    inference_ms: float = 0.0
+    latency_ms: float = 0.0  # end of the window's audio arriving -> this event
+
+    def to_dict(self) -> dict:
+        return {"event": "speaker", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
+                "score": round(self.score, 4), "candidates": [[n, round(s, 4)] for n, s in self.candidates],
+                "voiced": round(self.voiced, 3), "inference_ms": round(self.inference_ms, 2),
+                "latency_ms": round(self.latency_ms, 2)}
+
+
+@dataclass(frozen=True)
+class SilenceEvent:
+    """The speaker fell silent: emitted once when speech gives way to silence."""
+
+    start: float
+    end: float
+
+    def to_dict(self) -> dict:
+        return {"event": "silence", "start": round(self.start, 3), "end": round(self.end, 3)}
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """Device and pipeline states: started, reconnecting, device-lost, stopped, error, ..."""
+
+    state: str
+    message: str = ""
+    details: dict = field(default_factory=dict)
+    wall_time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict:
+        return {"event": "status", "state": self.state, "message": self.message, "time": round(self.wall_time, 3),
+                **self.details}
+
+
+Event = SpeakerEvent | SilenceEvent | StatusEvent

@@ -1,0 +1,124 @@
+"""`spkrec-live`: turn arguments and config into a running pipeline, and a summary at the end."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from spkrec.models.config import Config
+from spkrec.models.democorpus import build_corpus
+from spkrec.models.engine import Engine
+from spkrec.models.errors import DeviceError, ModelError
+
+from .decisions import Decider, DeciderSettings
+from .devices import resolve
+from .events import StatusEvent
+from .pipeline import Pipeline
+from .sinks import JsonlSink, LogSink
+from .sources import DemoSource, FileSource, MicrophoneSource, StdinSource
+from .state import LiveState
+from .ui import TerminalUI
+from .vad import Vad
+from .windowing import Windower
+
+
+def ensure_model(cfg: Config, console: Console, config_path: Path | None = None) -> Path:
+    """The configured model; else the default model, built once (it needs the train extra)."""
+    if cfg.model.path:
+        path = Path(cfg.model.path).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path} (check --model or [model] path)")
+        return path
+    default = cfg.default_model_path()
+    if default.is_file():
+        return default
+    console.print("no model configured: building the default model once (a few minutes on a CPU) ...")
+    command = [str(Path(sys.executable).with_name("spkrec")), "default-model"]
+    if config_path is not None:
+        command += ["--config", str(config_path)]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL)
+    if done.returncode != 0 or not default.is_file():
+        raise ModelError("could not build the default model (see above); pass --model PATH to use your own")
+    return default
+
+
+def build_source(args: argparse.Namespace, cfg: Config, rate: int, emit, console: Console):
+    """(source, is_demo): file, stdin, microphone, or the demo stream when there is no microphone."""
+    block_s = cfg.audio.block_s
+    if args.input == "-":
+        return StdinSource(cfg.audio.stdin_rate, rate, block_s), False
+    if args.input:
+        return FileSource(Path(args.input), rate, block_s, realtime=not args.fast), False
+    explicit = bool(cfg.audio.device)
+    try:
+        device = resolve(cfg.audio.device)
+    except DeviceError as exc:
+        if explicit:
+            raise
+        console.print(f"[yellow]{exc}: running on the demo stream instead[/]")
+        return DemoSource(build_corpus(cfg.cache_dir())["heldout"], rate, block_s), True
+    return MicrophoneSource(device, rate, block_s, cfg.audio.queue_s, cfg.audio.reconnect_max_s, emit), False
+
+
+def run_live(args: argparse.Namespace, cfg: Config) -> int:
+    console = Console(stderr=True)
+    engine = Engine(ensure_model(cfg, console, args.config), cfg.model.provider, cfg.model.threads)
+    if engine.fell_back:
+        console.print(f"[bold yellow]warning: CUDA was asked for but the model runs on {engine.provider}[/]")
+    engine.warm_up()
+    info = engine.info
+    window_s = cfg.stream.window_s or info.window_s
+    hop_s = cfg.stream.hop_s or info.hop_s
+    threshold = cfg.threshold_for(info.thresholds)
+
+    sinks: list = []
+    pending_status: list[StatusEvent] = []
+    source, demo = build_source(args, cfg, info.sample_rate, pending_status.append, console)
+    state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
+                      timeline_s=cfg.ui.timeline_s, demo=demo)
+    if args.events:
+        sinks.append(JsonlSink(args.events))
+    sinks.append(LogSink() if args.no_ui else TerminalUI(state, threshold, cfg.ui.refresh_hz, console))
+    pipeline = Pipeline(
+        source=source,
+        vad=Vad(info.sample_rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
+        windower=Windower(info.sample_rate, window_s, hop_s),
+        engine=engine,
+        decider=Decider(lambda: (info.labels, info.prototypes),
+                        DeciderSettings(threshold, cfg.decision.margin, cfg.stream.smoothing, cfg.vad.min_voiced_ratio)),
+        state=state,
+        sinks=sinks,
+    )
+    if hasattr(source, "on_status"):
+        source.on_status = pipeline.emit  # device status goes to every sink from now on
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        pipeline.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print_summary(state, console)
+    return 0
+
+
+def print_summary(state: LiveState, console: Console) -> None:
+    total = sum(state.talk_time.values())
+    table = Table(title=f"session summary: {state.stream_time:.1f} s of audio, {state.windows} scored windows")
+    for column in ("speaker", "talk time", "share", "turns"):
+        table.add_column(column, justify="left" if column == "speaker" else "right")
+    for label, seconds in state.talk_time.most_common():
+        table.add_row(label, f"{seconds:.1f} s", f"{seconds / total:.0%}" if total else "-", str(state.turns[label]))
+    console.print(table)
+    console.print(f"inference p50 {state.percentile(state.inference_ms, 50):.1f} ms, p95 "
+                  f"{state.percentile(state.inference_ms, 95):.1f} ms; latency p50 "
+                  f"{state.percentile(state.latency_ms, 50):.1f} ms; dropped blocks {state.dropped}, "
+                  f"overflows {state.overflows}")

@@ -1,0 +1,77 @@
+"""Where decisions go: JSON lines for integrators, plain log lines for services.
+
+A sink is one class with ``handle(event)`` and ``close()``; the pipeline fans every event out
+to all sinks, so adding one changes nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from spkrec.models.errors import SpkrecError
+
+from .events import Event, SilenceEvent, SpeakerEvent, StatusEvent
+
+
+class Sink(Protocol):
+    def handle(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """One JSON object per line, flushed per event (``--events FILE``, ``-`` for stdout)."""
+
+    def __init__(self, target: str) -> None:
+        if target == "-":
+            self.stream: TextIO = sys.stdout
+            self.owned = False
+        else:
+            try:
+                path = Path(target).expanduser()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.stream = path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise SpkrecError(f"cannot write events to {target}: {exc.strerror}") from None
+            self.owned = True
+
+    def handle(self, event: Event) -> None:
+        self.stream.write(json.dumps(event.to_dict()) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.owned:
+            self.stream.close()
+        else:
+            self.stream.flush()
+
+
+class LogSink:
+    """Readable lines on stderr for ``--no-ui``: label changes, silences and status changes."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.last_label: str | None = None
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, SpeakerEvent):
+            if event.label != self.last_label:
+                runner = f", next {event.candidates[1][0]} {event.candidates[1][1]:.2f}" if len(event.candidates) > 1 else ""
+                self._line(f"[{event.end:8.2f}s] speaker {event.label} (score {event.score:.2f}{runner})")
+                self.last_label = event.label
+        elif isinstance(event, SilenceEvent):
+            self._line(f"[{event.end:8.2f}s] silence")
+            self.last_label = None
+        elif isinstance(event, StatusEvent):
+            extra = " ".join(f"{k}={v}" for k, v in event.details.items())
+            self._line(f"status {event.state}: {event.message} {extra}".rstrip())
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,74 @@
+"""What the live screen and the exit summary show: a bounded snapshot of the running stream.
+
+Updated by the worker (events, levels), read by the UI's refresh thread; every collection is
+bounded so memory stays flat over hours.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .events import Event, SilenceEvent, SpeakerEvent, StatusEvent
+
+
+@dataclass
+class LiveState:
+    source: str
+    rate: int
+    provider: str
+    hop_s: float
+    timeline_s: float
+    demo: bool = False
+    status: str = "starting"
+    status_message: str = ""
+    current: SpeakerEvent | None = None
+    speaking: bool = False
+    stream_time: float = 0.0
+    level_db: float = -120.0
+    voiced: bool = False
+    overflows: int = 0
+    dropped: int = 0
+    windows: int = 0
+    talk_time: Counter = field(default_factory=Counter)
+    turns: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        self.timeline: deque[str] = deque(maxlen=max(1, int(self.timeline_s / self.hop_s)))
+        self.inference_ms: deque[float] = deque(maxlen=200)
+        self.latency_ms: deque[float] = deque(maxlen=200)
+
+    def handle(self, event: Event) -> None:
+        with self.lock:
+            if isinstance(event, SpeakerEvent):
+                self.windows += 1
+                if self.current is None or not self.speaking or event.label != self.current.label:
+                    self.turns[event.label] += 1
+                self.current, self.speaking = event, True
+                self.talk_time[event.label] += self.hop_s
+                self.timeline.append(event.label)
+                self.inference_ms.append(event.inference_ms)
+                self.latency_ms.append(event.latency_ms)
+                self.stream_time = event.end
+            elif isinstance(event, SilenceEvent):
+                self.speaking = False
+                self.stream_time = event.end
+            elif isinstance(event, StatusEvent):
+                self.status, self.status_message = event.state, event.message
+
+    def quiet_window(self, end: float) -> None:
+        """A hop without scored speech, for the timeline."""
+        with self.lock:
+            self.timeline.append("")
+            self.stream_time = end
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def percentile(values, q: float) -> float:
+        return float(np.percentile(list(values), q)) if values else 0.0

@@ -1,0 +1,61 @@
+"""Sliding windows over VAD frames: every hop, the last window goes to the engine.
+
+A fixed ring buffer holds the last window of audio and its voiced flags, so memory stays
+flat for hours. Stream time (samples seen / rate) travels with every window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spkrec.models.windows import fit_length
+
+from .vad import Frame
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float  # stream seconds
+    end: float
+    samples: np.ndarray  # the whole window
+    voiced_mask: np.ndarray  # per sample
+    arrival: float  # monotonic time the last sample arrived
+
+    @property
+    def voiced_ratio(self) -> float:
+        return float(self.voiced_mask.mean()) if self.voiced_mask.size else 0.0
+
+    def voiced_audio(self) -> np.ndarray:
+        """Only the voiced samples, repeated to the window length: pauses inside a window
+        would otherwise dilute the voiceprint with silence."""
+        voiced = self.samples[self.voiced_mask]
+        return fit_length(voiced, self.samples.size) if voiced.size else self.samples
+
+
+class Windower:
+    def __init__(self, rate: int, window_s: float, hop_s: float) -> None:
+        self.rate = rate
+        self.window = int(round(window_s * rate))
+        self.hop = int(round(hop_s * rate))
+        self.audio = np.zeros(self.window, np.float32)
+        self.voiced = np.zeros(self.window, bool)
+        self.filled = 0  # samples seen in total
+        self.next_due = self.window
+
+    def push(self, frame: Frame, arrival: float) -> list[Window]:
+        out = []
+        for start in range(0, frame.samples.size, self.hop):  # frames are shorter than a hop in practice
+            chunk = frame.samples[start : start + self.hop]
+            n = chunk.size
+            self.audio = np.roll(self.audio, -n)
+            self.audio[-n:] = chunk
+            self.voiced = np.roll(self.voiced, -n)
+            self.voiced[-n:] = frame.voiced
+            self.filled += n
+            if self.filled >= self.next_due:
+                out.append(Window((self.filled - self.window) / self.rate, self.filled / self.rate,
+                                  self.audio.copy(), self.voiced.copy(), arrival))
+                self.next_due += self.hop
+        return out

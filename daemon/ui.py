@@ -56,7 +56,7 @@ def render(state: LiveState, threshold: float, width: int = 80) -> RenderableTyp
         infer = state.percentile(state.inference_ms, 50)
         latency = state.percentile(state.latency_ms, 50)
         level, voiced = state.level_db, state.voiced
-        status = state.status_message or state.status
+        status = state.status if state.status == "listening" else f"{state.status}: {state.status_message}"
 
     title = Text.assemble(("spkrec live", "bold"), "  ", (state.source, "italic"))
     if state.demo:
@@ -99,9 +99,8 @@ def render(state: LiveState, threshold: float, width: int = 80) -> RenderableTyp
                            str(turns.get(label, 0)))
 
     status_line = Text(f"{status} · {state.rate} Hz · {state.provider.replace('ExecutionProvider', '')} · "
-                       f"infer {infer:.0f} ms · latency {latency:.0f} ms · dropped {state.dropped} · "
-                       f"overflows {state.overflows} · t {state.stream_time:.0f}s", style="grey70", overflow="ellipsis",
-                       no_wrap=True)
+                       f"infer {infer:.0f} ms · latency {latency:.0f} ms · dropped {state.dropped}/{state.overflows} · "
+                       f"{state.stream_time:.0f} s", style="grey70", overflow="ellipsis", no_wrap=True)
     return Group(title, hero, candidates, level_line, strip, talk_table, status_line)
 
 

@@ -1,6 +1,7 @@
 """Train a small model on real speech through the CLI, export it, and check the artifact."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -12,9 +13,7 @@ from spkrec.models.engine import Engine
 from spkrec.models.windows import fit_length
 from spkrec.training import data as datasets
 from spkrec.training.export import parity
-from spkrec.training.reexport import reexport
-from spkrec.training.train import build_net
-from spkrec.models.config import from_dict
+from spkrec.training.reexport import load_run
 
 from conftest import TRAIN_SPEAKERS, spkrec
 
@@ -50,10 +49,7 @@ def test_metadata_round_trips_into_the_runtime(trained_run):
 
 
 def test_pytorch_and_onnxruntime_agree_on_real_speech(trained_run):
-    saved = torch.load(trained_run / "model.pt", map_location="cpu", weights_only=False)
-    cfg = from_dict({"train": saved["config"]["train"]})
-    net = build_net(len(saved["labels"]), cfg.train)
-    net.load_state_dict(saved["model"])
+    net = load_run(trained_run)[0]
     clips = datasets.decode(_validation(trained_run), 16000)
     # dynamic batch and length: 3 windows of 3 s, longer than the 2 s the graph was traced with
     batch = np.stack([fit_length(c.samples, 48000) for c in clips[:3]])
@@ -92,21 +88,26 @@ def test_eval_command_writes_metrics(trained_run, speakers_dir, tmp_path):
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "confusion.png").stat().st_size > 1000
 
 
-def test_reexport_and_int8_copy(trained_run):
-    done = spkrec("export", str(trained_run), "--int8", check=True)
+def test_reexport_and_int8_copy(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    done = spkrec("export", str(run), "--int8", check=True)
     assert "parity" in done.stderr
-    report = json.loads((trained_run / "int8.json").read_text())
+    report = json.loads((run / "int8.json").read_text())
     assert report["int8"]["megabytes"] < report["fp32"]["megabytes"] / 2
-    int8 = Engine(trained_run / "model.int8.onnx", provider="cpu")
+    int8 = Engine(run / "model.int8.onnx", provider="cpu")
     assert int8.info.precision == "int8" and int8.info.labels == TRAIN_SPEAKERS
 
 
-def test_resume_continues_from_the_checkpoint(trained_run, speakers_dir):
-    before = torch.load(trained_run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"]
-    done = spkrec("train", str(speakers_dir), "--out", str(trained_run), "--epochs", "2", "--min-steps", "0",
-                  "--batch-size", "8", "--resume", check=True)
+def test_resume_continues_from_the_checkpoint(trained_run, speakers_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"]
+    extra = before + 1
+    done = spkrec("train", str(speakers_dir), "--out", str(run), "--epochs", str(extra), "--min-steps", "0",
+                  "--batch-size", "16", "--freeze-layers", "2", "--resume", check=True)
     assert f"resuming after epoch {before}" in done.stderr
-    assert torch.load(trained_run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"] == 2
+    assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"] == extra
 
 
 def test_broken_and_foreign_models_are_one_line_errors(trained_run, tmp_path, speakers_dir):

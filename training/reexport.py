@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spkrec.models.artifact import ModelInfo
-from spkrec.models.config import Config, from_dict
+from spkrec.models.config import Config, TrainConfig, from_dict
 from spkrec.models.engine import Engine
 from spkrec.models.errors import DataError
 from spkrec.models.windows import fit_length
@@ -19,6 +20,7 @@ from spkrec.models.windows import fit_length
 from . import data as datasets
 from .evaluate import embed_clips, evaluate, save_confusion_png
 from .export import check_parity, export_onnx, quantize_int8, speed_ms
+from .network import SpeakerNet
 from .train import build_net
 
 
@@ -29,16 +31,26 @@ def _validation_clips(run_dir: Path, rate: int) -> list[datasets.Clip]:
     return datasets.decode(items, rate, warn=lambda m: None)
 
 
-def reexport(run_dir: Path, out: Path | None, console: Console) -> Path:
-    """model.pt -> ONNX again (same metadata), with the parity check."""
+def load_run(run_dir: Path) -> tuple[SpeakerNet, dict, TrainConfig]:
+    """A finished run's network (eval mode), its saved record, and its training config.
+
+    Config keys this version no longer knows are dropped: they cannot change the network
+    ``build_net`` makes, and a run from an older spkrec should still re-export.
+    """
     saved_path = run_dir / "model.pt"
     if not saved_path.is_file():
         raise DataError(f"{run_dir} has no model.pt: train first with `spkrec train DATA --out {run_dir}`")
     saved = torch.load(saved_path, map_location="cpu", weights_only=False)
-    cfg = from_dict({"train": saved["config"]["train"]})
-    t = cfg.train
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    t = from_dict({"train": {k: v for k, v in saved["config"]["train"].items() if k in known}}).train
     net = build_net(len(saved["labels"]), t)
     net.load_state_dict(saved["model"])
+    return net.eval(), saved, t
+
+
+def reexport(run_dir: Path, out: Path | None, console: Console) -> Path:
+    """model.pt -> ONNX again (same metadata), with the parity check."""
+    net, saved, t = load_run(run_dir)
     info = ModelInfo(sample_rate=t.sample_rate, window_s=t.window_s, hop_s=t.hop_s, embedding_dim=t.embedding_dim,
                      labels=tuple(saved["labels"]), prototypes=np.asarray(saved["prototypes"], np.float32),
                      thresholds=saved["thresholds"], fingerprint="", training=saved["training"])

@@ -1,0 +1,68 @@
+"""Conversations of real speech with known turns, and how well a run's events match them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from spkrec.models.audio import load_audio
+
+GAP_S = 2.5
+
+
+def build(run_dir: Path, out: Path, rate: int = 16000) -> list[tuple[float, float, str]]:
+    """A 16 kHz WAV of the run's held-out validation files, speakers taking turns with pauses."""
+    split = json.loads((run_dir / "split.json").read_text())
+    by_label: dict[str, list[str]] = {}
+    for row in split["validation"]:
+        by_label.setdefault(row["label"], []).append(row["path"])
+    order = [(by_label[label][i], label) for i in range(min(map(len, by_label.values()))) for label in sorted(by_label)]
+    parts, turns, cursor = [], [], 0
+    gap = np.zeros(int(GAP_S * rate), np.float32)
+    for path, label in order:
+        speech = load_audio(path, rate)
+        turns.append((cursor / rate, (cursor + speech.size) / rate, label))
+        parts += [speech, gap]
+        cursor += speech.size + gap.size
+    sf.write(out, np.concatenate(parts), rate, subtype="PCM_16")
+    return turns
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def speaker_agreement(events: list[dict], turns, offset: float = 0.0, slack: float = 0.3) -> tuple[int, int]:
+    """(windows labelled with the right speaker, windows lying wholly inside one turn)."""
+    right = total = 0
+    for e in events:
+        if e["event"] != "speaker":
+            continue
+        start, end = e["start"] - offset, e["end"] - offset
+        turn = next((t for t in turns if t[0] - slack <= start and end <= t[1] + slack), None)
+        if turn is not None:
+            total += 1
+            right += e["label"] == turn[2]
+    return right, total
+
+
+def silences_in_gaps(events: list[dict], turns, offset: float = 0.0, window_s: float = 2.0) -> int:
+    """How many pauses between turns were reported by a silence event."""
+    found = 0
+    for (_, gap_start, _), (next_start, _, _) in zip(turns, turns[1:]):
+        if any(e["event"] == "silence" and gap_start <= e["end"] - offset <= next_start + window_s for e in events):
+            found += 1
+    return found
+
+
+def turn_labels(events: list[dict], turns, offset: float = 0.0) -> list[str]:
+    """The majority label of the windows inside each turn: a conversation's label sequence."""
+    labels = []
+    for start, end, _ in turns:
+        inside = [e["label"] for e in events if e["event"] == "speaker" and start - 0.3 <= e["start"] - offset
+                  and e["end"] - offset <= end + 0.3]
+        labels.append(max(set(inside), key=inside.count) if inside else "")
+    return labels

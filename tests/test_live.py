@@ -1,0 +1,155 @@
+"""The live daemon end to end: a real audio path (PulseAudio virtual microphone), files, stdin."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import conversation
+from conftest import spkrec
+from virtual_mic import VirtualMic
+
+# A one-minute test model's calibrated threshold rests on a few dozen validation windows; the
+# live tests check who is labelled, so they decide on the best score alone. Open-set
+# "unknown" decisions with calibrated thresholds are tested apart.
+TEST_CONFIG = "[decision]\noperating_point = \"fixed\"\nthreshold = 0.0\n"
+
+
+@pytest.fixture(scope="module")
+def live_setup(trained_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp("live")
+    wav = root / "conversation.wav"
+    turns = conversation.build(trained_run, wav)
+    config = root / "config.toml"
+    config.write_text(TEST_CONFIG)
+    return {"model": str(trained_run / "model.onnx"), "wav": wav, "turns": turns, "config": str(config), "root": root}
+
+
+@pytest.fixture(scope="module")
+def fast_events(live_setup):
+    events = live_setup["root"] / "fast.jsonl"
+    spkrec("live", "--model", live_setup["model"], "--config", live_setup["config"], "--input", str(live_setup["wav"]),
+           "--fast", "--no-ui", "--events", str(events), check=True)
+    return conversation.read_events(events)
+
+
+@pytest.fixture(scope="module")
+def mic(tmp_path_factory):
+    vm = VirtualMic(tmp_path_factory.mktemp("pulse")).start()
+    yield vm
+    vm.stop()
+
+
+def _live_exe() -> str:
+    return str(Path(sys.executable).with_name("spkrec-live"))
+
+
+def _wait_for(path: Path, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} did not appear in {path} within {timeout} s")
+
+
+def test_file_labels_follow_the_speakers(fast_events, live_setup):
+    right, total = conversation.speaker_agreement(fast_events, live_setup["turns"])
+    assert total >= 20 and right / total >= 0.75, (right, total)
+    assert conversation.silences_in_gaps(fast_events, live_setup["turns"]) == len(live_setup["turns"]) - 1
+    status = [e for e in fast_events if e["event"] == "status"]
+    assert status[0]["state"] == "listening" and status[-1]["state"] == "stopped"
+    speaker = next(e for e in fast_events if e["event"] == "speaker")
+    assert set(speaker) >= {"start", "end", "label", "score", "candidates"}
+
+
+def test_virtual_microphone_end_to_end(mic, live_setup, fast_events):
+    events = live_setup["root"] / "mic.jsonl"
+    process = subprocess.Popen([_live_exe(), "--device", "pulse", "--model", live_setup["model"], "--config",
+                                live_setup["config"], "--no-ui", "--events", str(events)],
+                               env={**os.environ, **mic.env}, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(events, '"listening"')
+        listening = conversation.read_events(events)[0]["time"]
+        time.sleep(0.5)  # the first callback comes a few hundred ms after the stream opens
+        played = time.time()
+        assert mic.play(live_setup["wav"]).wait(120) == 0
+        time.sleep(3.0)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "session summary" in stderr
+    heard = conversation.read_events(events)
+    offset = played - listening
+    right, total = conversation.speaker_agreement(heard, live_setup["turns"], offset, slack=0.6)
+    assert total >= 20 and right / total >= 0.75, (right, total)
+    assert conversation.silences_in_gaps(heard, live_setup["turns"], offset) >= len(live_setup["turns"]) - 2
+    last = heard[-1]
+    assert (last["event"], last["state"], last["dropped_blocks"]) == ("status", "stopped", 0)
+    # the microphone and the file give the same speaker for every turn
+    assert conversation.turn_labels(heard, live_setup["turns"], offset) == \
+        conversation.turn_labels(fast_events, live_setup["turns"])
+
+
+def test_stdin_pcm_gives_the_same_events(live_setup, fast_events):
+    import soundfile as sf
+
+    pcm, _ = sf.read(live_setup["wav"], dtype="int16")
+    done = subprocess.run([str(Path(sys.executable).with_name("spkrec")), "live", "--model", live_setup["model"],
+                           "--config", live_setup["config"], "--input", "-", "--no-ui", "--events", "-"],
+                          input=pcm.tobytes(), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    events = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    labels = [(e["end"], e["label"]) for e in events if e["event"] == "speaker"]
+    assert labels == [(e["end"], e["label"]) for e in fast_events if e["event"] == "speaker"]
+
+
+@pytest.mark.parametrize("device, expected", [("99", "no input device with index 99"),
+                                              ("no-such-mic", "no input device matches 'no-such-mic'")])
+def test_unknown_devices_are_one_line_errors(mic, live_setup, device, expected):
+    done = subprocess.run([_live_exe(), "--device", device, "--model", live_setup["model"], "--no-ui"],
+                          env={**os.environ, **mic.env}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("spkrec: error:") and expected in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_devices_lists_the_virtual_microphone(mic):
+    done = spkrec("devices", env=mic.env, check=True)
+    assert "pulse" in done.stdout
+
+
+def test_lost_device_is_reported_and_retried(tmp_path, live_setup):
+    vm = VirtualMic(tmp_path / "pulse").start()
+    events = tmp_path / "events.jsonl"
+    process = subprocess.Popen([_live_exe(), "--device", "pulse", "--model", live_setup["model"], "--no-ui",
+                                "--events", str(events)], env={**os.environ, **vm.env}, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(events, '"listening"')
+        vm.stop()  # the sound server goes away: the device vanishes mid-stream
+        _wait_for(events, '"reconnecting"', timeout=30)
+        assert process.poll() is None, "the daemon died with its device"
+        vm.start()
+        _wait_for(events, "input device back", timeout=60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        vm.stop()
+    assert process.returncode == 0, stderr
+    states = [e["state"] for e in conversation.read_events(events) if e["event"] == "status"]
+    assert "device-lost" in states and states[-1] == "stopped"
+    assert "Traceback" not in stderr
+
+
+def test_missing_model_is_a_one_line_error(tmp_path):
+    done = spkrec("live", "--model", str(tmp_path / "nope.onnx"), "--input", "x.wav", "--no-ui")
+    assert done.returncode == 2 and "model file not found" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

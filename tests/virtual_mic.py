@@ -1,0 +1,69 @@
+"""A real microphone path on a machine without a sound card, for end-to-end tests.
+
+A user-space PulseAudio with a null sink stands in for the microphone: what plays into the
+sink is what a program recording from its monitor hears, through ALSA's pulse plugin and
+PortAudio, exactly the path a USB microphone takes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+SINK = "vmic_sink"
+
+
+class VirtualMic:
+    def __init__(self, root: Path, rate: int = 16000) -> None:
+        self.root, self.rate = root, rate
+        self.process: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}
+
+    def start(self) -> "VirtualMic":
+        if shutil.which("pulseaudio") is None or shutil.which("pactl") is None:
+            raise RuntimeError("pulseaudio is not installed: run .ci/setup (apt-get install pulseaudio pulseaudio-utils)")
+        runtime = self.root / "runtime"
+        runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.root / "state").mkdir(exist_ok=True)
+        socket = self.root / "native"
+        (self.root / "default.pa").write_text(
+            f"load-module module-native-protocol-unix auth-anonymous=1 socket={socket}\n"
+            f"load-module module-null-sink sink_name={SINK} rate={self.rate} channels=1 format=s16le\n"
+            # A silent loopback keeps the null sink on a steady clock; without it the monitor
+            # delivers audio in bursts of up to 2 s.
+            "load-module module-null-source source_name=vmic_silence\n"
+            f"load-module module-loopback source=vmic_silence sink={SINK} latency_msec=20\n"
+            f"set-default-sink {SINK}\n"
+            f"set-default-source {SINK}.monitor\n"
+        )
+        self.env = {"PULSE_SERVER": f"unix:{socket}", "PULSE_RUNTIME_PATH": str(runtime),
+                    "PULSE_STATE_PATH": str(self.root / "state")}
+        self.process = subprocess.Popen(
+            ["pulseaudio", "--daemonize=no", "-n", "-F", str(self.root / "default.pa"), "--exit-idle-time=-1",
+             "--disallow-exit", "--disable-shm=yes", "--use-pid-file=no", f"--log-target=file:{self.root / 'pulse.log'}"],
+            env={**os.environ, **self.env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if subprocess.run(["pactl", "info"], env={**os.environ, **self.env}, capture_output=True).returncode == 0:
+                return self
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"PulseAudio did not start; see {self.root / 'pulse.log'}")
+
+    def play(self, wav: Path) -> subprocess.Popen:
+        """Play a 16 kHz mono WAV into the sink (what the 'microphone' hears)."""
+        return subprocess.Popen(["paplay", f"--device={SINK}", str(wav)], env={**os.environ, **self.env})
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process = None

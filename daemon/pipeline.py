@@ -41,7 +41,7 @@ class Pipeline:
         """Process audio until the source ends or ``stop`` is set, then close every sink."""
         self.emit(StatusEvent("listening", f"listening on {self.source.name}", {
             "source": self.source.name, "rate": self.windower.rate, "native_rate": self.source.native_rate,
-            "provider": self.engine.provider, "window_s": self.windower.window / self.windower.rate,
+            "provider": self.engine.provider, "model": str(self.engine.path), "window_s": self.windower.window / self.windower.rate,
             "hop_s": self.windower.hop / self.windower.rate}))
         try:
             for block in self.source.blocks(stop):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,3 +154,32 @@ def test_missing_model_is_a_one_line_error(tmp_path):
     done = spkrec("live", "--model", str(tmp_path / "nope.onnx"), "--input", "x.wav", "--no-ui")
     assert done.returncode == 2 and "model file not found" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_no_microphone_falls_back_to_the_demo_stream(live_setup, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}  # no sound server: no input device
+    events = tmp_path / "demo.jsonl"
+    process = subprocess.Popen([_live_exe(), "--model", live_setup["model"], "--no-ui", "--events", str(events)],
+                               env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(events, '"speaker"', timeout=120)
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "running on the demo stream instead" in stderr
+    assert len([line for line in stderr.splitlines() if "demo stream" in line]) == 1
+    first = conversation.read_events(events)[0]
+    assert first["source"] == "demo conversation (no microphone)"
+
+
+def test_unconfigured_model_means_the_cached_default_model(trained_run, live_setup, tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    shutil.copy(trained_run / "model.onnx", cache / "models" / "default.onnx")
+    config = tmp_path / "config.toml"
+    config.write_text(f"[paths]\ncache_dir = \"{cache}\"\n")
+    events = tmp_path / "events.jsonl"
+    spkrec("live", "--config", str(config), "--input", str(live_setup["wav"]), "--fast", "--no-ui",
+           "--events", str(events), check=True)
+    assert conversation.read_events(events)[0]["model"] == str(cache / "models" / "default.onnx")

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from spkrec.models import __version__
 from spkrec.models.config import Config, load_config
-from spkrec.models.errors import ModelError, SpkrecError
+from spkrec.models.errors import SpkrecError
 
 Handler = Callable[[argparse.Namespace, Config], int]
 TRAIN_MODULES = {"torch", "torchaudio", "torchvision", "onnx", "matplotlib"}
@@ -114,20 +114,6 @@ def live_main() -> None:
     sys.exit(run(["live", *sys.argv[1:]]))
 
 
-def resolve_model(cfg: Config) -> Path:
-    """The configured model, or the embedded default model when none is configured."""
-    if cfg.model.path:
-        path = Path(cfg.model.path).expanduser()
-        if not path.is_file():
-            raise ModelError(f"model file not found: {path} (check --model or [model] path)")
-        return path
-    default = cfg.default_model_path()
-    if not default.is_file():
-        raise ModelError("no model configured and the default model is not built yet: "
-                         "run `spkrec default-model`, or pass --model PATH")
-    return default
-
-
 def cmd_live(args: argparse.Namespace, cfg: Config) -> int:
     from .live import run_live
 
@@ -155,12 +141,13 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.engine import Engine
 
+    from .default_model import ensure_model
     from .identify import identify_file
 
     files = list(args.files)
     if not cfg.model.path and files and files[0].suffix == ".onnx" and len(files) > 1:
         cfg.model.path = str(files.pop(0))
-    engine = Engine(resolve_model(cfg), cfg.model.provider, cfg.model.threads)
+    engine = Engine(ensure_model(cfg, Console(stderr=True), args.config), cfg.model.provider, cfg.model.threads)
     threshold = cfg.threshold_for(engine.info.thresholds)
     results = [identify_file(engine, path, threshold, cfg.decision.margin) for path in files]
     if args.json:

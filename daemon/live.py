@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -15,9 +13,10 @@ from rich.table import Table
 from spkrec.models.config import Config
 from spkrec.models.democorpus import build_corpus
 from spkrec.models.engine import Engine
-from spkrec.models.errors import DeviceError, ModelError
+from spkrec.models.errors import DeviceError
 
 from .decisions import Decider, DeciderSettings
+from .default_model import ensure_model
 from .devices import resolve
 from .events import StatusEvent
 from .pipeline import Pipeline
@@ -27,26 +26,6 @@ from .state import LiveState
 from .ui import TerminalUI
 from .vad import Vad
 from .windowing import Windower
-
-
-def ensure_model(cfg: Config, console: Console, config_path: Path | None = None) -> Path:
-    """The configured model; else the default model, built once (it needs the train extra)."""
-    if cfg.model.path:
-        path = Path(cfg.model.path).expanduser()
-        if not path.is_file():
-            raise ModelError(f"model file not found: {path} (check --model or [model] path)")
-        return path
-    default = cfg.default_model_path()
-    if default.is_file():
-        return default
-    console.print("no model configured: building the default model once (a few minutes on a CPU) ...")
-    command = [str(Path(sys.executable).with_name("spkrec")), "default-model"]
-    if config_path is not None:
-        command += ["--config", str(config_path)]
-    done = subprocess.run(command, stdout=subprocess.DEVNULL)
-    if done.returncode != 0 or not default.is_file():
-        raise ModelError("could not build the default model (see above); pass --model PATH to use your own")
-    return default
 
 
 def build_source(args: argparse.Namespace, cfg: Config, rate: int, emit, console: Console):

@@ -43,8 +43,12 @@ def _provider_list(provider: str) -> list:
     return [PROVIDERS["cpu"]]
 
 
-def _physical_cores() -> int:
-    return max(1, (os.cpu_count() or 2))
+def _default_threads() -> int:
+    """One intra-op thread per CPU the process may use: more only adds contention."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class Engine:
@@ -58,7 +62,7 @@ class Engine:
             raise ModelError(f"model file not found: {self.path}")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads if threads > 0 else _physical_cores()
+        options.intra_op_num_threads = threads if threads > 0 else _default_threads()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3

@@ -113,6 +113,24 @@ def test_stdin_pcm_gives_the_same_events(live_setup, fast_events):
     assert labels == [(e["end"], e["label"]) for e in fast_events if e["event"] == "speaker"]
 
 
+def test_other_input_rates_are_resampled(live_setup, fast_events, tmp_path):
+    import soundfile as sf
+
+    from spkrec.models.audio import float_to_pcm16, load_audio
+
+    pcm8k = float_to_pcm16(load_audio(live_setup["wav"], 8000))  # like an 8 kHz telephone line on stdin
+    config = tmp_path / "config.toml"
+    config.write_text(TEST_CONFIG + "[audio]\nstdin_rate = 8000\n")
+    done = subprocess.run([str(Path(sys.executable).with_name("spkrec")), "live", "--model", live_setup["model"],
+                           "--config", str(config), "--input", "-", "--no-ui", "--events", "-"],
+                          input=pcm8k, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    events = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert events[0]["native_rate"] == 8000 and events[0]["rate"] == 16000
+    assert conversation.turn_labels(events, live_setup["turns"]) == conversation.turn_labels(fast_events, live_setup["turns"])
+    assert abs(events[-1]["stream_s"] - sf.info(live_setup["wav"]).duration) < 0.1
+
+
 @pytest.mark.parametrize("device, expected", [("99", "no input device with index 99"),
                                               ("no-such-mic", "no input device matches 'no-such-mic'")])
 def test_unknown_devices_are_one_line_errors(mic, live_setup, device, expected):

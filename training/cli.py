@@ -71,7 +71,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         ("--freeze-layers", int, "train.freeze_layers", "freeze the stem and the first N-1 ResNet stages"),
     ]
     for flag, kind, key, text in flags:
-        p.add_argument(flag, type=kind, dest=key, metavar=flag.strip("-").split("-")[0].upper(), help=f"{text} [{key}]")
+        metavar = {int: "N", float: "X", str: "NAME"}[kind]
+        p.add_argument(flag, type=kind, dest=key, metavar=metavar, help=f"{text} [{key}]")
 
 
 def _console() -> Console:

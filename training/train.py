@@ -29,7 +29,7 @@ from spkrec.models.windows import fit_length
 from . import data as datasets
 from . import pretrained
 from .augment import Augmenter
-from .evaluate import Embedded, embed_clips, evaluate, prototypes, save_confusion_png
+from .evaluate import embed_clips, evaluate, prototypes, save_confusion_png
 from .export import check_parity, export_onnx
 from .features import SpecAugment
 from .network import MarginLoss, SpeakerNet

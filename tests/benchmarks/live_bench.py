@@ -21,7 +21,6 @@ daemon's own process (which never imports torch). Results: a Markdown table on s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
 import json
 import os
@@ -44,7 +43,7 @@ from spkrec.daemon.sources import FileSource, demo_conversation
 from spkrec.daemon.state import LiveState
 from spkrec.daemon.vad import Vad
 from spkrec.daemon.windowing import Windower
-from spkrec.models.config import Config, TrainConfig
+from spkrec.models.config import Config
 from spkrec.models.democorpus import build_corpus
 from spkrec.models.engine import Engine
 

@@ -63,9 +63,34 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--hop", dest="stream.hop_s", type=float, metavar="S",
                    help="hop between windows in seconds (default: the model's) [stream.hop_s]")
 
+    p = sub.add_parser("enroll", parents=[common], help="add a voice to the gallery (no training needed)",
+                       description="Enroll NAME from recordings (--input) or live from a microphone (--device), after "
+                                   "quality checks: enough voiced speech, not clipped, not too quiet, one voice. "
+                                   "Enrolling a name again adds to its voiceprint.")
+    p.add_argument("name", help="the speaker's name")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", type=Path, metavar="FILE", help="recordings of this speaker")
+    source.add_argument("--device", metavar="ID", help="record live from this input device")
+    p.add_argument("--seconds", type=float, metavar="S", help="voiced seconds to record live [enroll.min_voiced_s]")
+    _model_flags(p)
+
+    p = sub.add_parser("speakers", parents=[common], help="list, remove, export or import enrolled voices",
+                       description="Manage the gallery ([gallery] path): list (default), remove NAME, export FILE, "
+                                   "import FILE.")
+    p.add_argument("action", nargs="?", default="list", choices=("list", "remove", "export", "import"))
+    p.add_argument("target", nargs="?", help="NAME for remove, FILE for export and import")
+
+    p = sub.add_parser("verify", parents=[common], help="accept or reject a claimed identity",
+                       description="Score FILE against NAME's voiceprint: accept (exit 0) or reject (exit 1), with "
+                                   "the score and threshold.")
+    p.add_argument("name")
+    p.add_argument("file", type=Path)
+    _model_flags(p)
+
     p = sub.add_parser("devices", parents=[common], help="list audio input devices",
                        description="List the audio input devices PortAudio sees, with their default sample rates.")
-    return {"identify": cmd_identify, "live": cmd_live, "devices": cmd_devices}
+    return {"identify": cmd_identify, "live": cmd_live, "devices": cmd_devices, "enroll": cmd_enroll,
+            "speakers": cmd_speakers, "verify": cmd_verify}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
@@ -120,6 +145,86 @@ def cmd_live(args: argparse.Namespace, cfg: Config) -> int:
     return run_live(args, cfg)
 
 
+def _engine(args: argparse.Namespace, cfg: Config):
+    from spkrec.models.engine import Engine
+
+    from .default_model import ensure_model
+
+    return Engine(ensure_model(cfg, Console(stderr=True), args.config), cfg.model.provider, cfg.model.threads)
+
+
+def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.models.audio import load_audio
+    from spkrec.models.gallery import Gallery
+
+    from . import enroll
+
+    engine = _engine(args, cfg)
+    rate = engine.info.sample_rate
+    if args.input:
+        recordings = [load_audio(path, rate) for path in args.input]
+    else:
+        seconds = args.seconds or cfg.enroll.min_voiced_s
+        recordings = [enroll.record(args.device, rate, seconds, cfg.vad, cfg.audio.block_s, Console(stderr=True))]
+    sample = enroll.gather(recordings, rate, cfg.vad)
+    enroll.check(sample, None, cfg.enroll)
+    embeddings = enroll.embed(engine, sample)
+    enroll.check(sample, embeddings, cfg.enroll)
+    speaker = Gallery(cfg.gallery_path()).add(args.name, engine.info.fingerprint, embeddings, sample.voiced_s)
+    print(f"enrolled {speaker.name}: {speaker.voiced_s:.1f} s voiced in total, {speaker.windows} windows, "
+          f"quality {speaker.quality:.2f} ({cfg.gallery_path()})")
+    return 0
+
+
+def cmd_speakers(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.models.errors import GalleryError
+    from spkrec.models.gallery import Gallery
+
+    if args.action != "list" and not args.target:
+        raise GalleryError(f"`spkrec speakers {args.action}` needs a {'NAME' if args.action == 'remove' else 'FILE'}")
+    gallery = Gallery(cfg.gallery_path())
+    if args.action == "remove":
+        gallery.remove(args.target)
+        print(f"removed {args.target}")
+    elif args.action == "export":
+        print(f"exported {gallery.export(Path(args.target))} speakers to {args.target}")
+    elif args.action == "import":
+        print(f"imported {gallery.import_(Path(args.target))} speakers from {args.target}")
+    else:
+        table = Table(title=f"enrolled speakers ({cfg.gallery_path()})")
+        for column in ("name", "enrolled", "voiced", "windows", "quality", "model"):
+            table.add_column(column)
+        for s in gallery.speakers():
+            table.add_row(s.name, s.enrolled, f"{s.voiced_s:.1f} s", str(s.windows), f"{s.quality:.2f}", s.fingerprint)
+        Console().print(table)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.models.audio import load_audio
+    from spkrec.models.gallery import Gallery
+    from spkrec.models.scoring import mean_embedding
+
+    from . import enroll
+
+    engine = _engine(args, cfg)
+    voiceprint = dict(zip(*Gallery(cfg.gallery_path()).roster(engine.info.fingerprint), strict=True))
+    if args.name not in voiceprint:
+        from spkrec.models.errors import GalleryError
+
+        raise GalleryError(f"no enrolled speaker named '{args.name}' (spkrec speakers lists them)")
+    sample = enroll.gather([load_audio(args.file, engine.info.sample_rate)], engine.info.sample_rate, cfg.vad)
+    if sample.voiced.size == 0:
+        from spkrec.models.errors import AudioError
+
+        raise AudioError(f"{args.file} has no voiced speech to verify")
+    score = float(mean_embedding(enroll.embed(engine, sample)) @ voiceprint[args.name])
+    threshold = cfg.threshold_for(engine.info.thresholds)
+    accepted = score >= threshold
+    print(f"{'accept' if accepted else 'reject'}: {args.file} as {args.name}, score {score:.3f}, threshold {threshold:.3f}")
+    return 0 if accepted else 1
+
+
 def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
     from .devices import default_input, list_inputs
 
@@ -139,17 +244,17 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.models.engine import Engine
-
-    from .default_model import ensure_model
     from .identify import identify_file
+    from .live import open_gallery
+    from .roster import Roster
 
     files = list(args.files)
     if not cfg.model.path and files and files[0].suffix == ".onnx" and len(files) > 1:
         cfg.model.path = str(files.pop(0))
-    engine = Engine(ensure_model(cfg, Console(stderr=True), args.config), cfg.model.provider, cfg.model.threads)
+    engine = _engine(args, cfg)
     threshold = cfg.threshold_for(engine.info.thresholds)
-    results = [identify_file(engine, path, threshold, cfg.decision.margin) for path in files]
+    roster = Roster(engine.info, open_gallery(cfg))
+    results = [identify_file(engine, roster, path, threshold, cfg.decision.margin) for path in files]
     if args.json:
         for result in results:
             print(json.dumps(result.as_dict()))

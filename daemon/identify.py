@@ -11,6 +11,8 @@ from spkrec.models.errors import AudioError
 from spkrec.models.scoring import Decision, cosine_scores, decide, mean_embedding
 from spkrec.models.windows import frame_windows
 
+from .roster import Roster
+
 
 @dataclass(frozen=True)
 class FileResult:
@@ -27,7 +29,7 @@ class FileResult:
                 "candidates": [[name, round(score, 4)] for name, score in d.candidates]}
 
 
-def identify_file(engine: Engine, path: Path, threshold: float, margin: float) -> FileResult:
+def identify_file(engine: Engine, roster: Roster, path: Path, threshold: float, margin: float) -> FileResult:
     """One file -> best label (or unknown) with its score and runners-up; errors are results."""
     info = engine.info
     try:
@@ -37,5 +39,6 @@ def identify_file(engine: Engine, path: Path, threshold: float, margin: float) -
     except AudioError as exc:
         return FileResult(path, None, 0.0, str(exc))
     embeddings = engine.embed_windows(frame_windows(samples, info.window_samples, info.hop_samples))
-    scores = cosine_scores(mean_embedding(embeddings), info.prototypes)
-    return FileResult(path, decide(scores, info.labels, threshold, margin), samples.size / info.sample_rate)
+    labels, prototypes = roster()
+    scores = cosine_scores(mean_embedding(embeddings), prototypes)
+    return FileResult(path, decide(scores, labels, threshold, margin), samples.size / info.sample_rate)

@@ -14,12 +14,13 @@ from spkrec.models.config import Config
 from spkrec.models.democorpus import build_corpus
 from spkrec.models.engine import Engine
 from spkrec.models.errors import DeviceError
+from spkrec.models.gallery import Gallery
 
 from .decisions import Decider, DeciderSettings
 from .default_model import ensure_model
 from .devices import resolve
-from .events import StatusEvent
 from .pipeline import Pipeline
+from .roster import Roster
 from .sinks import JsonlSink, LogSink
 from .sources import DemoSource, FileSource, MicrophoneSource, StdinSource
 from .state import LiveState
@@ -28,7 +29,13 @@ from .vad import Vad
 from .windowing import Windower
 
 
-def build_source(args: argparse.Namespace, cfg: Config, rate: int, emit, console: Console):
+def open_gallery(cfg: Config) -> Gallery | None:
+    """The enrolled voices, if a gallery exists; the daemon never creates one."""
+    path = cfg.gallery_path()
+    return Gallery(path) if path.is_file() else None
+
+
+def build_source(args: argparse.Namespace, cfg: Config, rate: int, console: Console):
     """(source, is_demo): file, stdin, microphone, or the demo stream when there is no microphone."""
     block_s = cfg.audio.block_s
     if args.input == "-":
@@ -43,7 +50,8 @@ def build_source(args: argparse.Namespace, cfg: Config, rate: int, emit, console
             raise
         console.print(f"[yellow]{exc}: running on the demo stream instead[/]")
         return DemoSource(build_corpus(cfg.cache_dir())["heldout"], rate, block_s), True
-    return MicrophoneSource(device, rate, block_s, cfg.audio.queue_s, cfg.audio.reconnect_max_s, emit), False
+    # Device status events reach the sinks once the pipeline exists (see run_live).
+    return MicrophoneSource(device, rate, block_s, cfg.audio.queue_s, cfg.audio.reconnect_max_s, lambda e: None), False
 
 
 def run_live(args: argparse.Namespace, cfg: Config) -> int:
@@ -57,9 +65,9 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     hop_s = cfg.stream.hop_s or info.hop_s
     threshold = cfg.threshold_for(info.thresholds)
 
+    roster = Roster(info, open_gallery(cfg))
     sinks: list = []
-    pending_status: list[StatusEvent] = []
-    source, demo = build_source(args, cfg, info.sample_rate, pending_status.append, console)
+    source, demo = build_source(args, cfg, info.sample_rate, console)
     state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
                       timeline_s=cfg.ui.timeline_s, demo=demo)
     if args.events:
@@ -70,7 +78,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         vad=Vad(info.sample_rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
         windower=Windower(info.sample_rate, window_s, hop_s),
         engine=engine,
-        decider=Decider(lambda: (info.labels, info.prototypes),
+        decider=Decider(roster,
                         DeciderSettings(threshold, cfg.decision.margin, cfg.stream.smoothing, cfg.vad.min_voiced_ratio)),
         state=state,
         sinks=sinks,

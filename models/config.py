@@ -74,6 +74,19 @@ class DecisionConfig:
 
 
 @dataclass
+class GalleryConfig:
+    path: str = _opt("")
+
+
+@dataclass
+class EnrollConfig:
+    min_voiced_s: float = _opt(20.0, lo=1.0, hi=3600.0)
+    max_clipped: float = _opt(0.001, lo=0.0, hi=1.0)
+    min_level_db: float = _opt(-45.0, lo=-120.0, hi=0.0)
+    min_consistency: float = _opt(0.5, lo=-1.0, hi=1.0)
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = _opt("")
 
@@ -126,6 +139,8 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     ui: UiConfig = field(default_factory=UiConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
+    enroll: EnrollConfig = field(default_factory=EnrollConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -135,6 +150,13 @@ class Config:
             return Path(self.paths.cache_dir).expanduser()
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return Path(base) / "spkrec"
+
+    def gallery_path(self) -> Path:
+        """The enrolled-speaker database: ``[gallery] path``, else in the user's data folder."""
+        if self.gallery.path:
+            return Path(self.gallery.path).expanduser()
+        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        return Path(base) / "spkrec" / "gallery.sqlite"
 
     def default_model_path(self) -> Path:
         """The embedded default model, built once from the demo corpus (``spkrec default-model``)."""

@@ -1,0 +1,108 @@
+"""Enrollment: voiced speech -> window embeddings -> quality checks -> a voiceprint in the gallery.
+
+The checks run before anything is saved, and each failure says what to do about it, because a
+bad voiceprint fails silently later (a door that never opens, or opens for the wrong voice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spkrec.models.config import EnrollConfig, VadConfig
+from spkrec.models.engine import Engine
+from spkrec.models.errors import AudioError
+from spkrec.models.scoring import mean_embedding
+from spkrec.models.windows import frame_windows
+
+from .vad import Vad
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Voiced speech gathered for one speaker, with what the quality checks need."""
+
+    voiced: np.ndarray  # voiced samples only, at the model rate
+    clipped: float  # share of all samples at full scale
+    rate: int
+
+    @property
+    def voiced_s(self) -> float:
+        return self.voiced.size / self.rate
+
+    @property
+    def level_db(self) -> float:
+        rms = float(np.sqrt(np.mean(self.voiced * self.voiced))) if self.voiced.size else 0.0
+        return 20 * np.log10(max(rms, 1e-6))
+
+
+def gather(recordings: list[np.ndarray], rate: int, vad: VadConfig) -> Sample:
+    """Keep the voiced frames of every recording (each decoded at the model rate)."""
+    voiced, total, clipped = [], 0, 0
+    for samples in recordings:
+        detector = Vad(rate, vad.frame_ms, vad.aggressiveness)
+        voiced += [f.samples for f in detector.frames(samples) if f.voiced]
+        total += samples.size
+        clipped += int(np.sum(np.abs(samples) >= 0.999))
+    audio = np.concatenate(voiced) if voiced else np.zeros(0, np.float32)
+    return Sample(audio, clipped / max(total, 1), rate)
+
+
+def embed(engine: Engine, sample: Sample) -> np.ndarray:
+    """Window embeddings of the voiced audio, at the model's window and hop."""
+    info = engine.info
+    return engine.embed_windows(frame_windows(sample.voiced, info.window_samples, info.hop_samples))
+
+
+def problems(sample: Sample, embeddings: np.ndarray | None, checks: EnrollConfig) -> list[str]:
+    """Everything wrong with an enrollment, each with its fix; empty when it may be saved."""
+    found = []
+    if sample.voiced_s < checks.min_voiced_s:
+        found.append(f"only {sample.voiced_s:.1f} s of voiced speech, {checks.min_voiced_s:.0f} s needed: "
+                     "add recordings or speak longer")
+    if sample.clipped > checks.max_clipped:
+        found.append(f"{sample.clipped:.1%} of samples are clipped: lower the input gain")
+    if sample.voiced.size and sample.level_db < checks.min_level_db:
+        found.append(f"the voice is too quiet ({sample.level_db:.0f} dBFS): move closer or raise the gain")
+    if embeddings is not None and len(embeddings) > 1:
+        # The 5th percentile, not the minimum: one cough or door slam should not void a session.
+        agreement = float(np.percentile(embeddings @ mean_embedding(embeddings), 5))
+        if agreement < checks.min_consistency:
+            found.append(f"the recordings do not sound like one voice (window agreement {agreement:.2f} < "
+                         f"{checks.min_consistency}): enroll one speaker at a time")
+    return found
+
+
+def check(sample: Sample, embeddings: np.ndarray | None, checks: EnrollConfig) -> None:
+    found = problems(sample, embeddings, checks)
+    if found:
+        raise AudioError("enrollment refused: " + "; ".join(found))
+
+
+def record(device_spec: str, rate: int, seconds: float, vad: VadConfig, block_s: float, console) -> np.ndarray:
+    """Capture from a microphone until ``seconds`` of voiced speech are in, with a progress bar."""
+    import threading
+
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from .devices import resolve
+    from .sources import MicrophoneSource
+
+    source = MicrophoneSource(resolve(device_spec), rate, block_s, queue_s=10.0, reconnect_max_s=2.0,
+                              on_status=lambda e: None)
+    detector, captured, voiced = Vad(rate, vad.frame_ms, vad.aggressiveness), [], 0.0
+    stop = threading.Event()
+    columns = [TextColumn("[bold]speak now"), BarColumn(), TextColumn("{task.completed:.1f}/{task.total:.0f} s voiced")]
+    try:
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("enroll", total=seconds)
+            for block in source.blocks(stop):
+                captured.append(block.samples)
+                voiced += sum(f.samples.size for f in detector.frames(block.samples) if f.voiced) / rate
+                progress.update(task, completed=min(voiced, seconds))
+                if voiced >= seconds:
+                    break
+    finally:
+        source.close()
+    return np.concatenate(captured) if captured else np.zeros(0, np.float32)

@@ -1,0 +1,41 @@
+"""Who can be recognised: the model's trained speakers plus the enrolled ones.
+
+The gallery is re-read whenever another process commits to it (SQLite's data_version), so
+``spkrec enroll`` takes effect in a running daemon without a restart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spkrec.models.artifact import ModelInfo
+from spkrec.models.errors import GalleryError
+from spkrec.models.gallery import Gallery
+
+
+class Roster:
+    def __init__(self, info: ModelInfo, gallery: Gallery | None) -> None:
+        self.info, self.gallery = info, gallery
+        self.version: int | None = None
+        self.current = (info.labels, info.prototypes)
+        self.refresh()  # a gallery of another model is refused here, at start, in one line
+
+    def refresh(self) -> None:
+        if self.gallery is None:
+            return
+        version = self.gallery.change_counter()
+        if version == self.version:
+            return
+        names, prints = self.gallery.roster(self.info.fingerprint)
+        keep = [i for i, label in enumerate(self.info.labels) if label not in names]  # enrolled voices win
+        labels = tuple(self.info.labels[i] for i in keep) + names
+        protos = [self.info.prototypes[keep]] + ([prints] if len(names) else [])
+        self.current = (labels, np.concatenate(protos).astype(np.float32))
+        self.version = version
+
+    def __call__(self) -> tuple[tuple[str, ...], np.ndarray]:
+        try:
+            self.refresh()
+        except GalleryError:
+            pass  # keep scoring with the last good roster; the error was shown at start
+        return self.current

@@ -126,3 +126,13 @@ def test_broken_and_foreign_models_are_one_line_errors(trained_run, tmp_path, sp
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("spkrec: error:") and expected in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_same_seed_same_model(speakers_dir, tmp_path):
+    fingerprints = []
+    for name in ("a", "b"):
+        spkrec("train", str(speakers_dir), "--out", str(tmp_path / name), "--epochs", "1", "--min-steps", "2",
+               "--batch-size", "4", "--freeze-layers", "3", "--seed", "7", check=True)
+        fingerprints.append(json.loads((tmp_path / name / "metrics.json").read_text())["fingerprint"])
+    assert fingerprints[0] == fingerprints[1]
+    assert (tmp_path / "a" / "split.json").read_text() == (tmp_path / "b" / "split.json").read_text()

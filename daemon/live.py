@@ -19,6 +19,7 @@ from spkrec.models.gallery import Gallery
 from .decisions import Decider, DeciderSettings
 from .default_model import ensure_model
 from .devices import resolve
+from .door import DoorSink
 from .pipeline import Pipeline
 from .roster import Roster
 from .sinks import JsonlSink, LogSink
@@ -83,6 +84,8 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         state=state,
         sinks=sinks,
     )
+    if cfg.door.authorized:
+        sinks.append(DoorSink(cfg.door, hop_s, pipeline.emit))  # the pipeline holds this same list
     if hasattr(source, "on_status"):
         source.on_status = pipeline.emit  # device status goes to every sink from now on
 

@@ -33,6 +33,7 @@ class LiveState:
     overflows: int = 0
     dropped: int = 0
     windows: int = 0
+    door: object | None = None  # the last door decision (daemon.door.DoorEvent), when a door is configured
     talk_time: Counter = field(default_factory=Counter)
     turns: Counter = field(default_factory=Counter)
 
@@ -59,6 +60,8 @@ class LiveState:
                 self.stream_time = event.end
             elif isinstance(event, StatusEvent):
                 self.status, self.status_message = event.state, event.message
+            elif getattr(event, "granted", None) is not None:
+                self.door = event
 
     def quiet_window(self, end: float) -> None:
         """A hop without scored speech, for the timeline."""

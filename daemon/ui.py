@@ -56,6 +56,7 @@ def render(state: LiveState, threshold: float, width: int = 80) -> RenderableTyp
         infer = state.percentile(state.inference_ms, 50)
         latency = state.percentile(state.latency_ms, 50)
         level, voiced = state.level_db, state.voiced
+        door = state.door
         status = state.status if state.status == "listening" else f"{state.status}: {state.status_message}"
 
     title = Text.assemble(("spkrec live", "bold"), "  ", (state.source, "italic"))
@@ -101,7 +102,12 @@ def render(state: LiveState, threshold: float, width: int = 80) -> RenderableTyp
     status_line = Text(f"{status} · {state.rate} Hz · {state.provider.replace('ExecutionProvider', '')} · "
                        f"infer {infer:.0f} ms · latency {latency:.0f} ms · dropped {state.dropped}/{state.overflows} · "
                        f"{state.stream_time:.0f} s", style="grey70", overflow="ellipsis", no_wrap=True)
-    return Group(title, hero, candidates, level_line, strip, talk_table, status_line)
+    parts = [title, hero, candidates, level_line, strip, talk_table]
+    if door is not None:
+        verdict = ("OPEN", "bold black on green") if door.granted else ("DENIED", "bold white on red")
+        parts.append(Text.assemble("door ", verdict, f" {door.label} score {door.score:.2f} / {threshold:.2f} "
+                                   f"({door.reason}) at {door.end:.0f} s"))
+    return Group(*parts, status_line)
 
 
 class TerminalUI:

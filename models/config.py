@@ -87,6 +87,19 @@ class EnrollConfig:
 
 
 @dataclass
+class DoorConfig:
+    authorized: list = _opt([])
+    command: list = _opt([])
+    url: str = _opt("")
+    timeout_s: float = _opt(5.0, lo=0.1, hi=600.0)
+    cooldown_s: float = _opt(10.0, lo=0.0, hi=86400.0)
+    audit_log: str = _opt("")
+    wins: int = _opt(3, lo=1, hi=100)
+    of_last: int = _opt(4, lo=1, hi=100)
+    min_voiced_s: float = _opt(1.5, lo=0.0, hi=60.0)
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = _opt("")
 
@@ -141,6 +154,7 @@ class Config:
     ui: UiConfig = field(default_factory=UiConfig)
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
+    door: DoorConfig = field(default_factory=DoorConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -225,6 +239,11 @@ def _validate_relations(cfg: Config) -> None:
     if cfg.stream.window_s and cfg.stream.hop_s > cfg.stream.window_s:
         raise ConfigError(f"config key 'stream.hop_s' ({cfg.stream.hop_s}) must not exceed 'stream.window_s' "
                           f"({cfg.stream.window_s})")
+    door = cfg.door
+    if door.wins > door.of_last:
+        raise ConfigError(f"config key 'door.wins' ({door.wins}) must not exceed 'door.of_last' ({door.of_last})")
+    if not all(isinstance(v, str) and v for v in door.authorized + door.command):
+        raise ConfigError("config keys 'door.authorized' and 'door.command' must be lists of non-empty strings")
     if t.hop_s > t.window_s:
         raise ConfigError(f"config key 'train.hop_s' ({t.hop_s}) must not exceed 'train.window_s' ({t.window_s})")
     for key, pair in (("train.augment.snr_db", t.augment.snr_db), ("train.augment.rt60_s", t.augment.rt60_s)):

@@ -201,3 +201,21 @@ def test_unconfigured_model_means_the_cached_default_model(trained_run, live_set
     spkrec("live", "--config", str(config), "--input", str(live_setup["wav"]), "--fast", "--no-ui",
            "--events", str(events), check=True)
     assert conversation.read_events(events)[0]["model"] == str(cache / "models" / "default.onnx")
+
+
+def test_door_opens_for_the_authorised_voice_only(live_setup, tmp_path):
+    opened = tmp_path / "opened.txt"
+    hook = f"import os; open({str(opened)!r}, 'a').write(os.environ['SPKREC_LABEL'] + chr(10))"
+    config = tmp_path / "config.toml"
+    config.write_text(TEST_CONFIG + f"[door]\nauthorized = [\"1688\"]\ncommand = [{json.dumps(sys.executable)}, "
+                      f"\"-c\", {json.dumps(hook)}]\naudit_log = \"{tmp_path / 'audit.jsonl'}\"\ncooldown_s = 60.0\n")
+    events = tmp_path / "events.jsonl"
+    spkrec("live", "--model", live_setup["model"], "--config", str(config), "--input", str(live_setup["wav"]),
+           "--fast", "--no-ui", "--events", str(events), check=True)
+    doors = [e for e in conversation.read_events(events) if e["event"] == "door"]
+    assert [d["label"] for d in doors if d["granted"]] == ["1688"]  # once: the second turn is within the cooldown
+    denied = {d["label"] for d in doors if not d["granted"]}
+    assert denied and "1688" not in denied  # other voices are turned away, and recorded
+    assert opened.read_text().splitlines() == ["1688"]
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert len(audit) == len(doors) and audit[0]["action"].get("command", {}).get("ok") in (True, None)

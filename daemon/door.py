@@ -37,6 +37,7 @@ class DoorEvent:
     start: float
     end: float
     scores: tuple[float, ...]
+    cooldown_until: float = 0.0  # stream time before which the door will not open again
     wall_time: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict:
@@ -74,7 +75,8 @@ class DoorPolicy:
             if event.end < self.open_until:
                 return None
             self.open_until = event.end + self.cfg.cooldown_s
-            return DoorEvent(label, True, min(scores), "authorised", winning[0].start, event.end, scores)
+            return DoorEvent(label, True, min(scores), "authorised", winning[0].start, event.end, scores,
+                             self.open_until)
         if label == self.denied_label:
             return None  # one denial per attempt, not one per window
         self.denied_label = label

@@ -107,6 +107,9 @@ def render(state: LiveState, threshold: float, width: int = 80) -> RenderableTyp
         verdict = ("OPEN", "bold black on green") if door.granted else ("DENIED", "bold white on red")
         parts.append(Text.assemble("door ", verdict, f" {door.label} score {door.score:.2f} / {threshold:.2f} "
                                    f"({door.reason}) at {door.end:.0f} s"))
+        remaining = door.cooldown_until - state.stream_time
+        if remaining > 0:
+            parts[-1].append(f" · cooldown {remaining:.0f} s", style="yellow")
     return Group(*parts, status_line)
 
 

@@ -52,3 +52,14 @@ def test_ui_shows_silence_and_long_names_fit():
     lines = _screen(state)
     assert max(len(line) for line in lines) <= 80 and len(lines) <= 24
     assert "DR. BARTHOLOMEW FITZGERALD-SMYTHE" in "\n".join(lines)
+
+
+def test_ui_shows_the_door_state():
+    from spkrec.daemon.door import DoorEvent
+
+    state = _state()
+    state.handle(DoorEvent("bob", True, 0.77, "authorised", 15.0, 19.0, (0.8, 0.77, 0.79), cooldown_until=29.0))
+    lines = _screen(state)
+    text = "\n".join(lines)
+    assert "door OPEN bob score 0.77 / 0.62" in text and "cooldown 10 s" in text
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80

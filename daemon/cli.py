@@ -202,23 +202,23 @@ def cmd_speakers(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.audio import load_audio
+    from spkrec.models.errors import AudioError, GalleryError
     from spkrec.models.gallery import Gallery
     from spkrec.models.scoring import mean_embedding
 
     from . import enroll
 
     engine = _engine(args, cfg)
-    voiceprint = dict(zip(*Gallery(cfg.gallery_path()).roster(engine.info.fingerprint), strict=True))
-    if args.name not in voiceprint:
-        from spkrec.models.errors import GalleryError
-
-        raise GalleryError(f"no enrolled speaker named '{args.name}' (spkrec speakers lists them)")
+    if not cfg.gallery_path().is_file():
+        raise GalleryError(f"no gallery at {cfg.gallery_path()} yet: enroll {args.name} first (spkrec enroll)")
+    speaker = Gallery(cfg.gallery_path()).get(args.name)
+    if speaker.fingerprint != engine.info.fingerprint:
+        raise GalleryError(f"'{args.name}' was enrolled with another model ({speaker.fingerprint}): re-enroll, or "
+                           "verify with that model")
     sample = enroll.gather([load_audio(args.file, engine.info.sample_rate)], engine.info.sample_rate, cfg.vad)
     if sample.voiced.size == 0:
-        from spkrec.models.errors import AudioError
-
         raise AudioError(f"{args.file} has no voiced speech to verify")
-    score = float(mean_embedding(enroll.embed(engine, sample)) @ voiceprint[args.name])
+    score = float(mean_embedding(enroll.embed(engine, sample)) @ speaker.voiceprint)
     threshold = cfg.threshold_for(engine.info.thresholds)
     accepted = score >= threshold
     print(f"{'accept' if accepted else 'reject'}: {args.file} as {args.name}, score {score:.3f}, threshold {threshold:.3f}")

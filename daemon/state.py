@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .door import DoorEvent
 from .events import Event, SilenceEvent, SpeakerEvent, StatusEvent
 
 
@@ -33,7 +34,7 @@ class LiveState:
     overflows: int = 0
     dropped: int = 0
     windows: int = 0
-    door: object | None = None  # the last door decision (daemon.door.DoorEvent), when a door is configured
+    door: DoorEvent | None = None  # the last door decision, when a door is configured
     talk_time: Counter = field(default_factory=Counter)
     turns: Counter = field(default_factory=Counter)
 
@@ -60,7 +61,7 @@ class LiveState:
                 self.stream_time = event.end
             elif isinstance(event, StatusEvent):
                 self.status, self.status_message = event.state, event.message
-            elif getattr(event, "granted", None) is not None:
+            elif isinstance(event, DoorEvent):
                 self.door = event
 
     def quiet_window(self, end: float) -> None:

@@ -228,7 +228,7 @@ def finish(net: SpeakerNet, device: torch.device, run_dir: Path, cfg: Config, la
     calibration_set = "validation"
     if "thresholds" not in metrics:
         calibration_set = "training (no validation files)"
-        metrics["thresholds"] = evaluate(train_embedded, labels, protos).get("thresholds", {"eer": 0.5, "far1": 0.7})
+        metrics["thresholds"] = evaluate(train_embedded, labels, protos)["thresholds"]  # >= 2 speakers: always set
     metrics.update(pretrained=source, calibrated_on=calibration_set, history=history,
                    recipe={k: v for k, v in dataclasses.asdict(t).items() if k != "augment"},
                    augment=dataclasses.asdict(t.augment), train_data=train_summary)

@@ -87,10 +87,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("file", type=Path)
     _model_flags(p)
 
+    p = sub.add_parser("calibrate", parents=[common], help="set the gallery's threshold from your own voices",
+                       description="Measure the decision threshold on the enrolled speakers' held-out windows "
+                                   "(targets) and recordings of other voices (impostors): the lowest threshold whose "
+                                   "false-accept rate is at most --far. Reports FAR, FRR and EER and stores the "
+                                   "threshold in the gallery, where operating_point 'auto' picks it up.")
+    p.add_argument("--impostors", nargs="+", type=Path, metavar="PATH",
+                   help="audio files or folders of voices that are not enrolled (recommended: 20+ people)")
+    p.add_argument("--far", dest="calibrate.target_far", type=float, metavar="RATE",
+                   help="target false-accept rate, e.g. 0.01 [calibrate.target_far]")
+    p.add_argument("--dry-run", action="store_true", help="report only; do not store the threshold")
+    _model_flags(p)
+
     p = sub.add_parser("devices", parents=[common], help="list audio input devices",
                        description="List the audio input devices PortAudio sees, with their default sample rates.")
     return {"identify": cmd_identify, "live": cmd_live, "devices": cmd_devices, "enroll": cmd_enroll,
-            "speakers": cmd_speakers, "verify": cmd_verify}
+            "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
@@ -207,11 +219,13 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.scoring import mean_embedding
 
     from . import enroll
+    from .roster import decision_threshold
 
     engine = _engine(args, cfg)
     if not cfg.gallery_path().is_file():
         raise GalleryError(f"no gallery at {cfg.gallery_path()} yet: enroll {args.name} first (spkrec enroll)")
-    speaker = Gallery(cfg.gallery_path()).get(args.name)
+    gallery = Gallery(cfg.gallery_path())
+    speaker = gallery.get(args.name)
     if speaker.fingerprint != engine.info.fingerprint:
         raise GalleryError(f"'{args.name}' was enrolled with another model ({speaker.fingerprint}): re-enroll, or "
                            "verify with that model")
@@ -219,10 +233,46 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     if sample.voiced.size == 0:
         raise AudioError(f"{args.file} has no voiced speech to verify")
     score = float(mean_embedding(enroll.embed(engine, sample)) @ speaker.voiceprint)
-    threshold = cfg.threshold_for(engine.info.thresholds)
+    threshold = decision_threshold(cfg, engine.info, gallery)
     accepted = score >= threshold
     print(f"{'accept' if accepted else 'reject'}: {args.file} as {args.name}, score {score:.3f}, threshold {threshold:.3f}")
     return 0 if accepted else 1
+
+
+def cmd_calibrate(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.models.errors import GalleryError
+    from spkrec.models.gallery import Gallery
+
+    from .calibrate import calibrate, impostor_windows
+
+    console = Console(stderr=True)
+    engine = _engine(args, cfg)
+    if not cfg.gallery_path().is_file():
+        raise GalleryError(f"no gallery at {cfg.gallery_path()} yet: enroll speakers first (spkrec enroll)")
+    gallery = Gallery(cfg.gallery_path())
+    impostors = impostor_windows(engine, args.impostors, cfg, console) if args.impostors else []
+    result = calibrate(engine, gallery, impostors, cfg)
+    table = Table(title=f"calibration of {cfg.gallery_path()} ({len(result.speakers)} speakers, "
+                        f"{len(impostors)} impostor recordings)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in (("threshold", f"{result.threshold:.3f}"),
+                        ("false accepts (FAR)", f"{result.far:.2%}  (target {result.target_far:.2%})"),
+                        ("false rejects (FRR)", f"{result.frr:.2%}"),
+                        ("EER", f"{result.eer:.2%}"), ("minDCF (p=0.01)", f"{result.min_dcf:.3f}"),
+                        ("target / impostor trials", f"{result.n_target} / {result.n_nontarget}"),
+                        ("scores averaged over", f"{result.smoothing} windows")):
+        table.add_row(name, value)
+    Console().print(table)
+    if result.n_nontarget * result.target_far < 10:
+        console.print(f"[yellow]only {result.n_nontarget} impostor trials: a {result.target_far:.1%} false-accept "
+                      "rate is barely measurable; add more impostor recordings[/]")
+    if args.dry_run:
+        return 0
+    gallery.set_calibration(engine.info.fingerprint, result.to_dict())
+    print(f"stored threshold {result.threshold:.3f} in {cfg.gallery_path()} (used where decision.operating_point "
+          f"is 'auto' or 'calibrated')")
+    return 0
 
 
 def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
@@ -246,14 +296,15 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
     from .identify import identify_file
     from .live import open_gallery
-    from .roster import Roster
+    from .roster import Roster, decision_threshold
 
     files = list(args.files)
     if not cfg.model.path and files and files[0].suffix == ".onnx" and len(files) > 1:
         cfg.model.path = str(files.pop(0))
     engine = _engine(args, cfg)
-    threshold = cfg.threshold_for(engine.info.thresholds)
-    roster = Roster(engine.info, open_gallery(cfg))
+    gallery = open_gallery(cfg)
+    roster = Roster(engine.info, gallery)
+    threshold = decision_threshold(cfg, engine.info, gallery)
     results = [identify_file(engine, roster, path, threshold, cfg.decision.margin) for path in files]
     if args.json:
         for result in results:

@@ -21,7 +21,7 @@ from .default_model import ensure_model
 from .devices import resolve
 from .door import DoorSink
 from .pipeline import Pipeline
-from .roster import Roster
+from .roster import Roster, decision_threshold
 from .sinks import JsonlSink, LogSink
 from .sources import DemoSource, FileSource, MicrophoneSource, StdinSource
 from .state import LiveState
@@ -64,9 +64,9 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     info = engine.info
     window_s = cfg.stream.window_s or info.window_s
     hop_s = cfg.stream.hop_s or info.hop_s
-    threshold = cfg.threshold_for(info.thresholds)
-
-    roster = Roster(info, open_gallery(cfg))
+    gallery = open_gallery(cfg)
+    roster = Roster(info, gallery)
+    threshold = decision_threshold(cfg, info, gallery)
     sinks: list = []
     source, demo = build_source(args, cfg, info.sample_rate, console)
     state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from spkrec.models.artifact import ModelInfo
+from spkrec.models.config import Config
 from spkrec.models.errors import GalleryError
 from spkrec.models.gallery import Gallery
 
@@ -39,3 +40,9 @@ class Roster:
         except GalleryError:
             pass  # keep scoring with the last good roster; the error was shown at start
         return self.current
+
+
+def decision_threshold(cfg: Config, info: ModelInfo, gallery: Gallery | None) -> float:
+    """The threshold in force: the gallery's own calibration for this model where there is one."""
+    calibrated = gallery.calibration(info.fingerprint) if gallery is not None else None
+    return cfg.threshold_for(info.thresholds, calibrated["threshold"] if calibrated else None)

@@ -6,6 +6,7 @@ samples a model was trained on and the samples it serves are made the same way.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,20 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 # Peak below which a whole recording counts as silent (about -60 dBFS): digital silence and
 # hiss-only files carry no voice to learn from or to score.
 SILENCE_PEAK = 1e-3
+
+
+def audio_files(paths: list[Path]) -> list[Path]:
+    """Files as given, and every audio file under each folder (symlinks followed), sorted."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            for folder, _, names in os.walk(path, followlinks=True):
+                found += sorted(Path(folder) / n for n in names if Path(n).suffix.lower() in AUDIO_EXTENSIONS)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise AudioError(f"{path} does not exist")
+    return sorted(found)
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

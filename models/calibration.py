@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .scoring import mean_embedding, normalize
+
 
 def _sorted_rates(targets: np.ndarray, nontargets: np.ndarray):
     """Miss and false-alarm rates at every candidate threshold, thresholds ascending."""
@@ -69,3 +71,76 @@ def rates_at(targets: np.ndarray, nontargets: np.ndarray, threshold: float) -> t
     frr = float(np.mean(np.asarray(targets) < threshold)) if len(targets) else 0.0
     far = float(np.mean(np.asarray(nontargets) >= threshold)) if len(nontargets) else 0.0
     return frr, far
+
+
+def smooth(scores: np.ndarray, n: int) -> np.ndarray:
+    """Mean over each run of ``n`` consecutive windows (rows): the score the live decider compares."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if n <= 1 or len(scores) < n:
+        return scores if n <= 1 or len(scores) == 0 else scores.mean(axis=0, keepdims=True)
+    sums = np.cumsum(np.concatenate([np.zeros((1, *scores.shape[1:])), scores]), axis=0)
+    return (sums[n:] - sums[:-n]) / n
+
+
+@dataclass(frozen=True)
+class OpenSetCalibration:
+    """A gallery's operating point, measured on the user's own voices."""
+
+    threshold: float
+    target_far: float
+    far: float  # false-accept rate at ``threshold`` on the calibration impostors
+    frr: float  # false-reject rate at ``threshold`` on the held-out enrollment windows
+    eer: float
+    min_dcf: float
+    n_target: int
+    n_nontarget: int
+    smoothing: int
+    speakers: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "speakers": list(self.speakers)}
+
+
+def holdout(n_windows: int, share: float, guard: int) -> tuple[slice, slice]:
+    """(enrollment part, held-out part) of one speaker's windows, in recording order.
+
+    The held-out windows are the last ``share`` of them, and ``guard`` windows between the two
+    parts are dropped: neighbouring windows overlap, and a target score against a voiceprint that
+    contains the same audio would flatter the model.
+    """
+    n_test = max(1, int(round(share * n_windows)))
+    n_enroll = n_windows - n_test - guard
+    if n_enroll < 1:
+        raise ValueError(f"{n_windows} windows are too few to hold some out")
+    return slice(0, n_enroll), slice(n_windows - n_test, n_windows)
+
+
+def calibrate_open_set(windows: dict[str, np.ndarray], impostors: list[np.ndarray], target_far: float,
+                       smoothing: int, share: float = 0.25, guard: int = 4) -> OpenSetCalibration:
+    """The threshold that false-accepts at most ``target_far`` of impostor scores.
+
+    Targets: each enrolled speaker's held-out windows against a voiceprint built without them.
+    Non-targets: those windows against every other enrolled voiceprint, and every impostor
+    recording's windows against every voiceprint. All scores are averaged over ``smoothing``
+    consecutive windows, exactly as the live decider does before it compares with the threshold.
+    """
+    names = sorted(windows)
+    parts = {name: holdout(len(windows[name]), share, guard) for name in names}
+    prints = np.stack([mean_embedding(windows[n][parts[n][0]]) for n in names])
+    targets, nontargets = [], []
+    for i, name in enumerate(names):
+        scores = smooth(normalize(windows[name][parts[name][1]]) @ prints.T, smoothing)
+        targets.append(scores[:, i])
+        nontargets.append(np.delete(scores, i, axis=1).ravel())
+    for recording in impostors:
+        if len(recording):
+            nontargets.append(smooth(normalize(recording) @ prints.T, smoothing).ravel())
+    targets_all, nontargets_all = np.concatenate(targets), np.concatenate(nontargets)
+    if nontargets_all.size == 0:
+        raise ValueError("calibration needs impostor speech, or at least two enrolled speakers")
+    threshold = threshold_at_far(nontargets_all, target_far)
+    frr, far = rates_at(targets_all, nontargets_all, threshold)
+    v = verification(targets_all, nontargets_all)
+    return OpenSetCalibration(threshold, target_far, far, frr, v.eer, v.min_dcf, len(targets_all),
+                              len(nontargets_all), smoothing, tuple(names))
+

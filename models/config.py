@@ -68,9 +68,15 @@ class UiConfig:
 
 @dataclass
 class DecisionConfig:
-    operating_point: str = _opt("eer", choices=("eer", "far1", "fixed"))
+    operating_point: str = _opt("auto", choices=("auto", "calibrated", "eer", "far1", "fixed"))
     threshold: float = _opt(0.5, lo=-1.0, hi=1.0)
     margin: float = _opt(0.0, lo=0.0, hi=2.0)
+
+
+@dataclass
+class CalibrateConfig:
+    target_far: float = _opt(0.01, lo=0.0001, hi=0.5)
+    holdout: float = _opt(0.25, lo=0.05, hi=0.75)
 
 
 @dataclass
@@ -154,6 +160,7 @@ class Config:
     ui: UiConfig = field(default_factory=UiConfig)
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     door: DoorConfig = field(default_factory=DoorConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -176,11 +183,21 @@ class Config:
         """The embedded default model, built once from the demo corpus (``spkrec default-model``)."""
         return self.cache_dir() / "models" / "default.onnx"
 
-    def threshold_for(self, thresholds: Mapping[str, float]) -> float:
-        """The decision threshold: a model-calibrated operating point, or the fixed value."""
+    def threshold_for(self, thresholds: Mapping[str, float], calibrated: float | None = None) -> float:
+        """The decision threshold: the gallery's calibration, a model operating point, or the fixed value.
+
+        ``calibrated`` is the threshold ``spkrec calibrate`` stored in the gallery for this model,
+        if any; "auto" prefers it, because it was measured on the user's own voices.
+        """
         point = self.decision.operating_point
         if point == "fixed":
             return self.decision.threshold
+        if point == "calibrated" and calibrated is None:
+            raise ConfigError("config key 'decision.operating_point' is 'calibrated', but the gallery has no "
+                              "calibration for this model: run spkrec calibrate")
+        if point in ("auto", "calibrated") and calibrated is not None:
+            return float(calibrated)
+        point = "eer" if point == "auto" else point
         if point not in thresholds:
             raise ConfigError(f"config key 'decision.operating_point': the model has no '{point}' threshold")
         return float(thresholds[point])

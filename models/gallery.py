@@ -159,6 +159,22 @@ class Gallery:
             return (), np.zeros((0, 0), np.float32)
         return tuple(s.name for s in speakers), np.stack([s.voiceprint for s in speakers])
 
+    def set_calibration(self, fingerprint: str, calibration: dict) -> None:
+        """Store the operating point measured by ``spkrec calibrate`` for this gallery and model."""
+        record = json.dumps({**calibration, "fingerprint": fingerprint, "calibrated": _now()})
+        with self._transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('calibration', ?)", (record,))
+
+    def calibration(self, fingerprint: str | None = None) -> dict | None:
+        """The stored calibration, or None when there is none (for the model of ``fingerprint``)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='calibration'").fetchone()
+        if row is None:
+            return None
+        record = json.loads(row[0])
+        if fingerprint is not None and record.get("fingerprint") != fingerprint:
+            return None
+        return record
+
     def export(self, path: Path) -> int:
         """Write every speaker (voiceprint and windows) to a JSON file for another machine."""
         data = [{"name": s.name, "fingerprint": s.fingerprint, "voiced_s": s.voiced_s, "enrolled": s.enrolled,

@@ -54,3 +54,23 @@ def decide(scores: np.ndarray, labels: tuple[str, ...] | list[str], threshold: f
     runner_up = candidates[1][1] if len(candidates) > 1 else -1.0
     accepted = best >= threshold and best - runner_up >= margin
     return Decision(candidates[0][0] if accepted else UNKNOWN, best, candidates[:top_k])
+
+
+def as_norm(scores: np.ndarray, enroll_cohort: np.ndarray, test_cohort: np.ndarray, top_k: int) -> np.ndarray:
+    """Adaptive symmetric score normalisation (AS-norm) against an impostor cohort.
+
+    ``scores`` [T, N] are raw cosines of T tests against N voiceprints; ``enroll_cohort`` [N, C]
+    and ``test_cohort`` [T, C] are the cosines of each voiceprint and each test against the C
+    cohort voices. Each side is standardised by the mean and spread of its ``top_k`` closest
+    cohort scores, so a voiceprint that resembles many people no longer scores high for all of
+    them. Returns scores on a z-scale: thresholds calibrated on raw cosines do not carry over.
+    """
+    def top_stats(cohort_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = min(top_k, cohort_scores.shape[-1])
+        top = -np.partition(-cohort_scores, k - 1, axis=-1)[..., :k]
+        return top.mean(axis=-1), np.maximum(top.std(axis=-1), 1e-6)
+
+    mu_e, sd_e = top_stats(np.asarray(enroll_cohort, np.float64))
+    mu_t, sd_t = top_stats(np.asarray(test_cohort, np.float64))
+    scores = np.asarray(scores, np.float64)
+    return 0.5 * ((scores - mu_e[None, :]) / sd_e[None, :] + (scores - mu_t[:, None]) / sd_t[:, None])

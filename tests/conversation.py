@@ -20,8 +20,14 @@ def build(run_dir: Path, out: Path, rate: int = 16000) -> list[tuple[float, floa
     for row in split["validation"]:
         by_label.setdefault(row["label"], []).append(row["path"])
     order = [(by_label[label][i], label) for i in range(min(map(len, by_label.values()))) for label in sorted(by_label)]
+    return assemble(order, out, rate)
+
+
+def assemble(order: list[tuple[str | Path, str]], out: Path, rate: int = 16000,
+             gap_s: float = GAP_S) -> list[tuple[float, float, str]]:
+    """Write the files of ``order`` (path, label) one after another with pauses; returns the turns."""
     parts, turns, cursor = [], [], 0
-    gap = np.zeros(int(GAP_S * rate), np.float32)
+    gap = np.zeros(int(gap_s * rate), np.float32)
     for path, label in order:
         speech = load_audio(path, rate)
         turns.append((cursor / rate, (cursor + speech.size) / rate, label))

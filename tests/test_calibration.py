@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 
-from spkrec.models.calibration import rates_at, threshold_at_far, verification
-from spkrec.models.scoring import UNKNOWN, decide
+from spkrec.models.calibration import (calibrate_open_set, holdout, rates_at, smooth, threshold_at_far,
+                                       verification)
+from spkrec.models.scoring import UNKNOWN, as_norm, decide, normalize
 
 
 def test_separable_scores_have_zero_eer():
@@ -32,3 +34,52 @@ def test_decision_needs_threshold_and_margin():
     assert decide(np.array([0.4, 0.2]), labels, threshold=0.5).label == UNKNOWN
     close = decide(np.array([0.9, 0.88]), labels, threshold=0.5, margin=0.05)
     assert close.label == UNKNOWN and close.candidates[0][0] == "alice"
+
+
+def test_smoothing_is_the_deciders_running_mean():
+    scores = np.arange(10, dtype=float)[:, None] * np.ones((1, 2))
+    assert np.allclose(smooth(scores, 3)[:, 0], [1, 2, 3, 4, 5, 6, 7, 8])
+    assert smooth(scores, 1) is not None and np.allclose(smooth(scores, 1), scores)
+    assert smooth(scores[:2], 3).shape == (1, 2)  # fewer windows than the smoothing: their mean
+
+
+def test_holdout_leaves_a_guard_between_enrollment_and_test():
+    enroll_part, test_part = holdout(40, 0.25, guard=4)
+    assert (enroll_part.stop, test_part.start, test_part.stop) == (26, 30, 40)
+
+
+def _voices(rng, n_speakers, n_windows, spread):
+    centres = rng.normal(size=(n_speakers, 32))
+    return {f"s{i}": c + spread * rng.normal(size=(n_windows, 32)) for i, c in enumerate(centres)}
+
+
+def test_open_set_calibration_meets_its_false_accept_target():
+    rng = np.random.default_rng(1)
+    enrolled = _voices(rng, 3, 60, 0.8)
+    impostors = list(_voices(rng, 20, 30, 0.8).values())
+    cal = calibrate_open_set(enrolled, impostors, target_far=0.01, smoothing=3)
+    assert cal.far <= 0.01 and cal.frr < 0.2 and cal.eer < 0.1
+    assert cal.speakers == ("s0", "s1", "s2") and cal.n_target == 3 * (15 - 2)  # 15 held out, averaged in runs of 3
+    # the same impostors, scored by hand against voiceprints built without the held-out windows
+    prints = normalize(np.stack([normalize(enrolled[f"s{i}"][:41]).mean(0) for i in range(3)]))
+    worst = max(float(smooth(normalize(x) @ prints.T, 3).max()) for x in impostors)
+    assert cal.threshold <= worst + 1e-6 or cal.far == 0.0
+
+
+def test_calibration_without_any_nontarget_is_refused():
+    rng = np.random.default_rng(2)
+    with pytest.raises(ValueError):
+        calibrate_open_set(_voices(rng, 1, 40, 0.5), [], 0.01, 3)
+
+
+def test_as_norm_is_the_mean_of_z_and_t_norm_over_the_closest_cohort():
+    rng = np.random.default_rng(3)
+    raw = rng.normal(size=(4, 2))
+    enroll_cohort, test_cohort = rng.normal(size=(2, 30)), rng.normal(size=(4, 30))
+    normed = as_norm(raw, enroll_cohort, test_cohort, top_k=5)
+    for t in range(4):
+        for e in range(2):
+            top_e = np.sort(enroll_cohort[e])[-5:]
+            top_t = np.sort(test_cohort[t])[-5:]
+            expected = 0.5 * ((raw[t, e] - top_e.mean()) / top_e.std() + (raw[t, e] - top_t.mean()) / top_t.std())
+            assert np.isclose(normed[t, e], expected)

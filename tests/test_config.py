@@ -78,3 +78,15 @@ def test_broken_config_is_one_line_error_on_cli(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("spkrec: error:") and "not valid TOML" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_threshold_prefers_the_gallery_calibration_under_auto():
+    cfg = load_config(None)
+    model = {"eer": 0.4, "far1": 0.7}
+    assert cfg.decision.operating_point == "auto"
+    assert cfg.threshold_for(model) == 0.4 and cfg.threshold_for(model, 0.55) == 0.55
+    cfg.decision.operating_point = "far1"
+    assert cfg.threshold_for(model, 0.55) == 0.7
+    cfg.decision.operating_point = "calibrated"
+    with pytest.raises(ConfigError, match="spkrec calibrate"):
+        cfg.threshold_for(model)

@@ -93,3 +93,12 @@ def test_a_file_that_is_not_a_gallery_is_a_clear_error(tmp_path):
     bogus.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(GalleryError, match="not a usable spkrec gallery"):
         Gallery(bogus)
+
+
+def test_calibration_is_stored_per_model_and_survives_reopening(tmp_path):
+    g = Gallery(tmp_path / "g.sqlite")
+    assert g.calibration() is None
+    g.set_calibration("fp1", {"threshold": 0.61, "target_far": 0.01})
+    reopened = Gallery(tmp_path / "g.sqlite")
+    assert reopened.calibration("fp1")["threshold"] == 0.61
+    assert reopened.calibration("fp2") is None  # another model's threshold is never applied

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import conversation
-from conftest import spkrec
+from conftest import live_exe, spkrec, wait_for
 from virtual_mic import VirtualMic
 
 # A one-minute test model's calibrated threshold rests on a few dozen validation windows; the
@@ -41,26 +41,6 @@ def fast_events(live_setup):
     return conversation.read_events(events)
 
 
-@pytest.fixture(scope="module")
-def mic(tmp_path_factory):
-    vm = VirtualMic(tmp_path_factory.mktemp("pulse")).start()
-    yield vm
-    vm.stop()
-
-
-def _live_exe() -> str:
-    return str(Path(sys.executable).with_name("spkrec-live"))
-
-
-def _wait_for(path: Path, text: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.is_file() and text in path.read_text():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} did not appear in {path} within {timeout} s")
-
-
 def test_file_labels_follow_the_speakers(fast_events, live_setup):
     right, total = conversation.speaker_agreement(fast_events, live_setup["turns"])
     assert total >= 20 and right / total >= 0.75, (right, total)
@@ -73,11 +53,11 @@ def test_file_labels_follow_the_speakers(fast_events, live_setup):
 
 def test_virtual_microphone_end_to_end(mic, live_setup, fast_events):
     events = live_setup["root"] / "mic.jsonl"
-    process = subprocess.Popen([_live_exe(), "--device", "pulse", "--model", live_setup["model"], "--config",
+    process = subprocess.Popen([live_exe(), "--device", "pulse", "--model", live_setup["model"], "--config",
                                 live_setup["config"], "--no-ui", "--events", str(events)],
                                env={**os.environ, **mic.env}, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(events, '"listening"')
+        wait_for(events, '"listening"')
         listening = conversation.read_events(events)[0]["time"]
         time.sleep(0.5)  # the first callback comes a few hundred ms after the stream opens
         played = time.time()
@@ -134,7 +114,7 @@ def test_other_input_rates_are_resampled(live_setup, fast_events, tmp_path):
 @pytest.mark.parametrize("device, expected", [("99", "no input device with index 99"),
                                               ("no-such-mic", "no input device matches 'no-such-mic'")])
 def test_unknown_devices_are_one_line_errors(mic, live_setup, device, expected):
-    done = subprocess.run([_live_exe(), "--device", device, "--model", live_setup["model"], "--no-ui"],
+    done = subprocess.run([live_exe(), "--device", device, "--model", live_setup["model"], "--no-ui"],
                           env={**os.environ, **mic.env}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.startswith("spkrec: error:") and expected in done.stderr
@@ -149,15 +129,15 @@ def test_devices_lists_the_virtual_microphone(mic):
 def test_lost_device_is_reported_and_retried(tmp_path, live_setup):
     vm = VirtualMic(tmp_path / "pulse").start()
     events = tmp_path / "events.jsonl"
-    process = subprocess.Popen([_live_exe(), "--device", "pulse", "--model", live_setup["model"], "--no-ui",
+    process = subprocess.Popen([live_exe(), "--device", "pulse", "--model", live_setup["model"], "--no-ui",
                                 "--events", str(events)], env={**os.environ, **vm.env}, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(events, '"listening"')
+        wait_for(events, '"listening"')
         vm.stop()  # the sound server goes away: the device vanishes mid-stream
-        _wait_for(events, '"reconnecting"', timeout=30)
+        wait_for(events, '"reconnecting"', timeout=30)
         assert process.poll() is None, "the daemon died with its device"
         vm.start()
-        _wait_for(events, "input device back", timeout=60)
+        wait_for(events, "input device back", timeout=60)
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
@@ -177,10 +157,10 @@ def test_missing_model_is_a_one_line_error(tmp_path):
 def test_no_microphone_falls_back_to_the_demo_stream(live_setup, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}  # no sound server: no input device
     events = tmp_path / "demo.jsonl"
-    process = subprocess.Popen([_live_exe(), "--model", live_setup["model"], "--no-ui", "--events", str(events)],
+    process = subprocess.Popen([live_exe(), "--model", live_setup["model"], "--no-ui", "--events", str(events)],
                                env=env, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(events, '"speaker"', timeout=120)
+        wait_for(events, '"speaker"', timeout=120)
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)

@@ -1,0 +1,68 @@
+"""`spkrec calibrate`: the gallery's threshold, measured on the user's own voices.
+
+A threshold from the model's training data says little about a door's users, their
+microphone and their room. Here the targets are the enrolled speakers' own held-out windows
+and the impostors any recordings of other people, scored exactly as the live decider scores
+(averaged over the smoothing windows), and the chosen point is stored in the gallery.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+
+from spkrec.models.audio import audio_files, load_audio
+from spkrec.models.calibration import OpenSetCalibration, calibrate_open_set
+from spkrec.models.config import Config
+from spkrec.models.engine import Engine
+from spkrec.models.errors import AudioError, GalleryError
+from spkrec.models.gallery import Gallery
+
+from . import enroll
+
+
+def impostor_windows(engine: Engine, paths: list[Path], cfg: Config, console: Console) -> list[np.ndarray]:
+    """Window embeddings of every impostor recording; unreadable or silent files are skipped, and said."""
+    files = audio_files(paths)
+    if not files:
+        raise AudioError(f"no audio files in {', '.join(map(str, paths))}")
+    rate, recordings, skipped = engine.info.sample_rate, [], []
+    with Progress(console=console, transient=True) as progress:
+        for path in progress.track(files, description="impostor recordings"):
+            try:
+                sample = enroll.gather([load_audio(path, rate)], rate, cfg.vad)
+            except AudioError as exc:
+                skipped.append(str(exc))
+                continue
+            if sample.voiced.size:
+                recordings.append(enroll.embed(engine, sample))
+    for reason in skipped[:5]:
+        console.print(f"[yellow]skipped: {reason}[/]")
+    if len(skipped) > 5:
+        console.print(f"[yellow]skipped {len(skipped) - 5} more unreadable files[/]")
+    return recordings
+
+
+def calibrate(engine: Engine, gallery: Gallery, impostors: list[np.ndarray], cfg: Config) -> OpenSetCalibration:
+    """Measure the operating point; it is stored in the gallery only by the caller, after it is shown."""
+    fingerprint = engine.info.fingerprint
+    speakers = gallery.speakers()
+    if not speakers:
+        raise GalleryError(f"no enrolled speakers in {gallery.path}: enroll some first (spkrec enroll)")
+    foreign = [s.name for s in speakers if s.fingerprint != fingerprint]
+    if foreign:
+        raise GalleryError(f"{', '.join(foreign[:3])} were enrolled with another model: re-enroll them first")
+    guard = int(np.ceil(engine.info.window_s / engine.info.hop_s))
+    windows = {s.name: gallery.windows(s.name) for s in speakers}
+    short = [name for name, w in windows.items() if len(w) < guard + 4]
+    if short:
+        raise GalleryError(f"too little enrolled speech to hold any out for {', '.join(short)}: enroll more "
+                           f"(at least {(guard + 4) * engine.info.hop_s + engine.info.window_s:.0f} s voiced each)")
+    try:
+        return calibrate_open_set(windows, impostors, cfg.calibrate.target_far, cfg.stream.smoothing,
+                                  cfg.calibrate.holdout, guard)
+    except ValueError as exc:
+        raise GalleryError(f"cannot calibrate: {exc}: pass --impostors with recordings of other voices") from None

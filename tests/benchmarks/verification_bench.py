@@ -1,0 +1,238 @@
+"""Benchmark: open-set verification and the door policy on voices no model was trained on,
+spkrec next to Resemblyzer, on exactly the same audio windows and trials, in one run.
+
+Speakers (all real LibriSpeech, read from ../shared/data, never copied into the repo):
+- enrolled: the 10 test-other speakers; the first 6 recordings of each enroll (the daemon's own
+  VAD, windows and quality path), the other 4 are their test attempts;
+- impostors: every 5th of the 251 train-clean-100 voices (sorted by id), alternately for
+  calibration (26) and as strangers at the door (25); the other 200 voices train spkrec's
+  model (``--run``; trained here with ``spkrec train`` when the folder has no model yet).
+
+Measured, for each system:
+1. verification on utterances (a test recording's mean embedding against each voiceprint):
+   EER and minDCF (p_target 0.01), raw cosine and with adaptive s-norm (cohort: the
+   calibration impostors' windows, top 100);
+2. ``spkrec calibrate``'s procedure (held-out enrollment windows + calibration impostors,
+   target FAR 1 %): the threshold and its EER;
+3. the door at default settings (3 of the last 4 windows, 1.5 s voiced, default smoothing and
+   margin, the calibrated threshold, all ten enrolled voices authorised), each test attempt
+   replayed through the daemon's own pipeline (file source, VAD, windower, decider, door
+   policy): FRR = attempts of an enrolled voice that did not open for that voice; FAR =
+   stranger attempts that opened the door; wrong-name grants = attempts that opened for
+   someone else's name.
+
+Resemblyzer scores the same 2-s voiced windows (its own partial-utterance averaging inside a
+window) after its own volume normalisation. It is not a dependency of spkrec; install it into
+the venv without its dependency on the original webrtcvad (webrtcvad-wheels provides it):
+
+    .venv/bin/pip install --no-deps resemblyzer && .venv/bin/pip install librosa
+    .venv/bin/python tests/benchmarks/verification_bench.py --run /tmp/bench-run \
+        [--out tests/benchmarks/results/verification.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from live_bench import machine  # noqa: E402
+
+from spkrec.daemon import enroll  # noqa: E402
+from spkrec.daemon.decisions import Decider, DeciderSettings  # noqa: E402
+from spkrec.daemon.door import DoorEvent, DoorSink  # noqa: E402
+from spkrec.daemon.pipeline import Pipeline  # noqa: E402
+from spkrec.daemon.sources import FileSource  # noqa: E402
+from spkrec.daemon.state import LiveState  # noqa: E402
+from spkrec.daemon.vad import Vad  # noqa: E402
+from spkrec.daemon.windowing import Windower  # noqa: E402
+from spkrec.models.audio import load_audio  # noqa: E402
+from spkrec.models.calibration import calibrate_open_set, rates_at, verification  # noqa: E402
+from spkrec.models.config import Config  # noqa: E402
+from spkrec.models.engine import Engine  # noqa: E402
+from spkrec.models.scoring import as_norm, cosine_scores, mean_embedding, normalize  # noqa: E402
+from spkrec.models.windows import frame_windows  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data"
+ENROLLED = DATA / "librispeech-test-other"
+MANY = DATA / "librispeech-train-clean-100"
+ENROLL_FILES = 6
+COHORT_TOP_K = 100
+
+
+def voice_split() -> tuple[list[Path], list[Path], list[Path]]:
+    """(training voices, calibration impostors, stranger impostors) of train-clean-100."""
+    voices = sorted(p for p in MANY.iterdir() if p.is_dir())
+    train = [v for i, v in enumerate(voices) if i % 5]
+    calibration = [v for i, v in enumerate(voices) if i % 10 == 0]
+    strangers = [v for i, v in enumerate(voices) if i % 10 == 5]
+    return train, calibration, strangers
+
+
+TRAIN_FLAGS = ["--min-steps", "500", "--freeze-layers", "2", "--seed", "0"]
+
+
+def train_model(run_dir: Path, voices: list[Path]) -> None:
+    """spkrec's model for this benchmark: the real CLI on a folder of the 200 training voices."""
+    folder = Path(tempfile.mkdtemp(prefix="spkrec-bench-voices-"))
+    for voice in voices:
+        (folder / voice.name).symlink_to(voice, target_is_directory=True)
+    subprocess.run([str(Path(sys.executable).with_name("spkrec")), "train", str(folder), "--out", str(run_dir),
+                    *TRAIN_FLAGS], check=True)
+
+
+class ResemblyzerEngine:
+    """Resemblyzer's GE2E encoder behind the two calls the daemon's pipeline makes of an engine."""
+
+    provider, last_ms = "cpu", 0.0
+
+    def __init__(self) -> None:
+        from resemblyzer import VoiceEncoder
+        from resemblyzer.audio import normalize_volume
+
+        self.encoder, self.normalize_volume = VoiceEncoder("cpu", verbose=False), normalize_volume
+        self.path = Path("resemblyzer")
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = np.stack([self.encoder.embed_utterance(self.normalize_volume(w.astype(np.float32), -30, True))
+                        for w in batch])
+        self.last_ms = (time.perf_counter() - start) * 1000 / max(len(batch), 1)
+        return out
+
+    embed_windows = embed
+
+
+def windows_of(engine: Any, paths: list[Path], rate: int, cfg: Config) -> np.ndarray:
+    """Voiced window embeddings of recordings, exactly as `spkrec enroll` makes them."""
+    sample = enroll.gather([load_audio(p, rate) for p in paths], rate, cfg.vad)
+    return enroll.embed(engine, sample)
+
+
+def door_attempt(engine: Any, path: Path, names: tuple[str, ...], prints: np.ndarray, threshold: float,
+                 cfg: Config, window_s: float, hop_s: float, rate: int) -> list[DoorEvent]:
+    """One visit at the door: the recording through the daemon's own pipeline and door policy."""
+    doors: list[DoorEvent] = []
+    door = DoorSink(cfg.door, hop_s, lambda e: doors.append(e) if isinstance(e, DoorEvent) else None)
+    source = FileSource(path, rate, cfg.audio.block_s, realtime=False)
+    settings = DeciderSettings(threshold, cfg.decision.margin, cfg.stream.smoothing, cfg.vad.min_voiced_ratio)
+    Pipeline(source=source, vad=Vad(rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
+             windower=Windower(rate, window_s, hop_s), engine=engine,
+             decider=Decider(lambda: (names, prints), settings),
+             state=LiveState(source=source.name, rate=rate, provider=engine.provider, hop_s=hop_s, timeline_s=60),
+             sinks=[door]).run(threading.Event())
+    return doors
+
+
+def evaluate(engine: Any, rate: int, window_s: float, hop_s: float) -> dict[str, Any]:
+    cfg = Config()
+    _, calibration_voices, strangers = voice_split()
+    speakers = sorted(p for p in ENROLLED.iterdir() if p.is_dir())
+    started = time.perf_counter()
+    enrolled, tests = {}, []  # tests: (speaker, path)
+    for speaker in speakers:
+        files = sorted(speaker.glob("*.flac"))
+        enrolled[speaker.name] = windows_of(engine, files[:ENROLL_FILES], rate, cfg)
+        tests += [(speaker.name, f) for f in files[ENROLL_FILES:]]
+    names = tuple(sorted(enrolled))
+    prints = np.stack([mean_embedding(enrolled[n]) for n in names])
+    calibration = [windows_of(engine, sorted(v.glob("*.flac")), rate, cfg) for v in calibration_voices]
+    stranger_files = [sorted(v.glob("*.flac"))[0] for v in strangers]
+
+    # 1. utterance-level verification, raw and AS-norm
+    test_embs = [mean_embedding(windows_of(engine, [p], rate, cfg)) for _, p in tests]
+    stranger_embs = [mean_embedding(windows_of(engine, [p], rate, cfg)) for p in stranger_files]
+    all_tests = np.stack(test_embs + stranger_embs)
+    truth = [names.index(s) for s, _ in tests] + [-1] * len(stranger_embs)
+    raw = cosine_scores(all_tests, prints)
+    cohort = normalize(np.concatenate(calibration))
+    normed = as_norm(raw, prints @ cohort.T, normalize(all_tests) @ cohort.T, COHORT_TOP_K)
+    utterance = {}
+    for kind, scores in (("raw", raw), ("as_norm", normed)):
+        mask = np.zeros_like(scores, dtype=bool)
+        for row, column in enumerate(truth):
+            if column >= 0:
+                mask[row, column] = True
+        v = verification(scores[mask], scores[~mask])
+        utterance[kind] = {"eer": round(v.eer, 4), "min_dcf": round(v.min_dcf, 4), "targets": v.n_target,
+                           "nontargets": v.n_nontarget}
+
+    # 2. calibrate as `spkrec calibrate` does
+    guard = int(np.ceil(window_s / hop_s))
+    cal = calibrate_open_set(enrolled, calibration, cfg.calibrate.target_far, cfg.stream.smoothing,
+                             cfg.calibrate.holdout, guard)
+
+    # 3. the door at default settings, with that threshold, everyone enrolled authorised
+    cfg.door.authorized = list(names)
+    misses = wrong = 0
+    for speaker, path in tests:
+        granted = [d.label for d in door_attempt(engine, path, names, prints, cal.threshold, cfg, window_s, hop_s,
+                                                 rate) if d.granted]
+        misses += speaker not in granted
+        wrong += any(label != speaker for label in granted)
+    opened_for_strangers = sum(
+        any(d.granted for d in door_attempt(engine, p, names, prints, cal.threshold, cfg, window_s, hop_s, rate))
+        for p in stranger_files)
+    # window-level rates at the calibrated threshold on the door trials' own utterances, for reference
+    frr, far = rates_at(raw[np.arange(len(tests)), truth[:len(tests)]], raw[len(tests):].ravel(), cal.threshold)
+    return {
+        "utterance": utterance,
+        "calibration": {"threshold": round(cal.threshold, 4), "eer": round(cal.eer, 4), "far": round(cal.far, 4),
+                        "frr": round(cal.frr, 4), "targets": cal.n_target, "nontargets": cal.n_nontarget},
+        "utterance_rates_at_threshold": {"frr": round(frr, 4), "far": round(far, 4)},
+        "door": {"attempts": len(tests), "frr": round(misses / len(tests), 4),
+                 "wrong_name_grants": wrong, "stranger_attempts": len(stranger_files),
+                 "far": round(opened_for_strangers / len(stranger_files), 4)},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = ["| system | EER (utt.) | minDCF | EER AS-norm | minDCF AS-norm | calibrated thr. | door FRR | "
+            "door FAR (strangers) | wrong-name grants |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["systems"].items():
+        u, d = r["utterance"], r["door"]
+        rows.append(f"| {name} | {u['raw']['eer']:.1%} | {u['raw']['min_dcf']:.3f} | {u['as_norm']['eer']:.1%} | "
+                    f"{u['as_norm']['min_dcf']:.3f} | {r['calibration']['threshold']:.3f} | {d['frr']:.1%} "
+                    f"({d['attempts']}) | {d['far']:.1%} ({d['stranger_attempts']}) | {d['wrong_name_grants']} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="spkrec run folder (trained here if it has no model)")
+    parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/verification.json")
+    parser.add_argument("--skip-resemblyzer", action="store_true")
+    args = parser.parse_args()
+    if not (args.run / "model.onnx").is_file():
+        train_model(args.run, voice_split()[0])
+    engine = Engine(args.run / "model.onnx", "cpu")
+    info = engine.info
+    systems = {"spkrec (ResNet50, 200 voices)": engine}
+    if not args.skip_resemblyzer:
+        systems["Resemblyzer 0.1.4 (GE2E)"] = ResemblyzerEngine()
+    results = {"command": shlex.join([sys.executable, *sys.argv]),
+               "train": f"spkrec train <folder of the 200 training voices> --out RUN {shlex.join(TRAIN_FLAGS)}",
+               "machine": machine(), "model": {"fingerprint": info.fingerprint,
+                         "training": {k: v for k, v in info.training.items() if k != "per_speaker"}},
+               "systems": {name: evaluate(e, info.sample_rate, info.window_s, info.hop_s)
+                           for name, e in systems.items()}}
+    print(table(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"results written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -62,6 +62,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="scored window in seconds (default: the model's) [stream.window_s]")
     p.add_argument("--hop", dest="stream.hop_s", type=float, metavar="S",
                    help="hop between windows in seconds (default: the model's) [stream.hop_s]")
+    _meeting_flags(p)
+    p.add_argument("--meeting", action="store_true",
+                   help="meeting mode: speaker turns, guests for unknown voices, RTTM and a summary [meeting]")
+
+    p = sub.add_parser("label", parents=[common], help="label who spoke when in a recording (RTTM)",
+                       description="Meeting mode over a recording, as fast as possible: the live pipeline with "
+                                   "turns, guests for unknown voices, an RTTM file and a summary table.")
+    p.add_argument("input", metavar="FILE", help="the recording")
+    _model_flags(p)
+    _meeting_flags(p)
+    p.add_argument("--events", metavar="FILE", help="append JSON-lines events to FILE ('-' = stdout)")
 
     p = sub.add_parser("enroll", parents=[common], help="add a voice to the gallery (no training needed)",
                        description="Enroll NAME from recordings (--input) or live from a microphone (--device), after "
@@ -71,6 +82,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", type=Path, metavar="FILE", help="recordings of this speaker")
     source.add_argument("--device", metavar="ID", help="record live from this input device")
+    source.add_argument("--from-guest", metavar="LABEL",
+                        help="a guest of a labelled meeting, e.g. 'Guest 2' (with --guests FILE)")
+    p.add_argument("--guests", type=Path, metavar="FILE", help="the meeting's guests file (written next to its RTTM)")
     p.add_argument("--seconds", type=float, metavar="S", help="voiced seconds to record live [enroll.min_voiced_s]")
     _model_flags(p)
 
@@ -102,7 +116,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("devices", parents=[common], help="list audio input devices",
                        description="List the audio input devices PortAudio sees, with their default sample rates.")
     return {"identify": cmd_identify, "live": cmd_live, "devices": cmd_devices, "enroll": cmd_enroll,
-            "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate}
+            "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate, "label": cmd_label}
+
+
+def _meeting_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rttm", metavar="FILE", help="write closed turns as NIST RTTM to FILE")
+    p.add_argument("--guests", metavar="FILE",
+                   help="save the guests' voiceprints to FILE (default: next to the RTTM, .guests.json)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
@@ -157,6 +177,13 @@ def cmd_live(args: argparse.Namespace, cfg: Config) -> int:
     return run_live(args, cfg)
 
 
+def cmd_label(args: argparse.Namespace, cfg: Config) -> int:
+    from .live import run_live
+
+    args.meeting, args.fast, args.no_ui, args.progress = True, True, True, True
+    return run_live(args, cfg)
+
+
 def _engine(args: argparse.Namespace, cfg: Config):
     from spkrec.models.engine import Engine
 
@@ -172,6 +199,8 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     from . import enroll
 
     engine = _engine(args, cfg)
+    if args.from_guest:
+        return _enroll_guest(args, cfg, engine)
     rate = engine.info.sample_rate
     if args.input:
         recordings = [load_audio(path, rate) for path in args.input]
@@ -185,6 +214,25 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     speaker = Gallery(cfg.gallery_path()).add(args.name, engine.info.fingerprint, embeddings, sample.voiced_s)
     print(f"enrolled {speaker.name}: {speaker.voiced_s:.1f} s voiced in total, {speaker.windows} windows, "
           f"quality {speaker.quality:.2f} ({cfg.gallery_path()})")
+    return 0
+
+
+def _enroll_guest(args: argparse.Namespace, cfg: Config, engine) -> int:
+    """A guest of a labelled meeting saved under a real name: no recording needed."""
+    from spkrec.models.errors import GalleryError
+    from spkrec.models.gallery import Gallery
+
+    from .guests import load_guest
+
+    if args.guests is None:
+        raise GalleryError("--from-guest needs --guests FILE (written next to the meeting's RTTM)")
+    fingerprint, windows, voiced_s = load_guest(args.guests, args.from_guest)
+    if fingerprint != engine.info.fingerprint:
+        raise GalleryError(f"{args.guests} was made with another model ({fingerprint}): label the meeting again "
+                           "with this model, or enroll with that one")
+    speaker = Gallery(cfg.gallery_path()).add(args.name, fingerprint, windows, voiced_s)
+    print(f"enrolled {speaker.name} from {args.from_guest}: {speaker.voiced_s:.1f} s voiced in total, "
+          f"{speaker.windows} windows, quality {speaker.quality:.2f} ({cfg.gallery_path()})")
     return 0
 
 

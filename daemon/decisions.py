@@ -58,4 +58,4 @@ class Decider:
         decision: Decision = decide(smoothed, labels, self.settings.threshold, self.settings.margin)
         self.speaking = True
         return SpeakerEvent(window.start, window.end, decision.label, decision.score, decision.candidates,
-                            window.voiced_ratio, inference_ms, latency_ms)
+                            window.voiced_ratio, inference_ms, latency_ms, window.voiced_span())

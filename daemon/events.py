@@ -22,9 +22,11 @@ class SpeakerEvent:
     voiced: float  # share of the window's VAD frames that were voiced
     inference_ms: float = 0.0
     latency_ms: float = 0.0  # end of the window's audio arriving -> this event
+    speech: tuple[float, float] = (0.0, 0.0)  # first and last voiced instant inside the window
 
     def to_dict(self) -> dict:
         return {"event": "speaker", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
+                "speech": [round(self.speech[0], 3), round(self.speech[1], 3)],
                 "score": round(self.score, 4), "candidates": [[n, round(s, 4)] for n, s in self.candidates],
                 "voiced": round(self.voiced, 3), "inference_ms": round(self.inference_ms, 2),
                 "latency_ms": round(self.latency_ms, 2)}
@@ -55,4 +57,19 @@ class StatusEvent:
                 **self.details}
 
 
-Event = SpeakerEvent | SilenceEvent | StatusEvent
+@dataclass(frozen=True)
+class TurnEvent:
+    """A closed speaker turn in meeting mode: consecutive windows of one voice, ended by silence
+    or by a confirmed change of speaker. ``confirmed`` is the stream time at which it closed."""
+
+    start: float
+    end: float
+    label: str
+    confirmed: float
+
+    def to_dict(self) -> dict:
+        return {"event": "turn", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
+                "confirmed": round(self.confirmed, 3)}
+
+
+Event = SpeakerEvent | SilenceEvent | StatusEvent | TurnEvent

@@ -20,9 +20,10 @@ from .decisions import Decider, DeciderSettings
 from .default_model import ensure_model
 from .devices import resolve
 from .door import DoorSink
+from .meeting import Meeting, summary
 from .pipeline import Pipeline
 from .roster import Roster, decision_threshold
-from .sinks import JsonlSink, LogSink
+from .sinks import JsonlSink, LogSink, ProgressSink
 from .sources import DemoSource, FileSource, MicrophoneSource, StdinSource
 from .state import LiveState
 from .ui import TerminalUI
@@ -71,19 +72,28 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     source, demo = build_source(args, cfg, info.sample_rate, console)
     state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
                       timeline_s=cfg.ui.timeline_s, demo=demo)
+    meeting = _meeting(args, cfg, threshold, hop_s, info.fingerprint, source.name)
     if args.events:
         sinks.append(JsonlSink(args.events))
-    sinks.append(LogSink() if args.no_ui else TerminalUI(state, threshold, cfg.ui.refresh_hz, console))
+    if getattr(args, "progress", False):
+        sinks.append(ProgressSink(getattr(source, "duration_s", 0.0), console))
+    elif args.no_ui:
+        sinks.append(LogSink())
+    else:
+        sinks.append(TerminalUI(state, threshold, cfg.ui.refresh_hz, console))
+    decider = Decider(roster, DeciderSettings(threshold, cfg.decision.margin, cfg.stream.smoothing,
+                                              cfg.vad.min_voiced_ratio))
     pipeline = Pipeline(
         source=source,
         vad=Vad(info.sample_rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
         windower=Windower(info.sample_rate, window_s, hop_s),
         engine=engine,
-        decider=Decider(roster,
-                        DeciderSettings(threshold, cfg.decision.margin, cfg.stream.smoothing, cfg.vad.min_voiced_ratio)),
+        decider=meeting.decider(decider) if meeting else decider,
         state=state,
         sinks=sinks,
     )
+    if meeting is not None:
+        sinks[:0] = meeting.sinks(pipeline.emit)  # turns close before the UI and event log see "stopped"
     if cfg.door.authorized:
         sinks.append(DoorSink(cfg.door, hop_s, pipeline.emit))  # the pipeline holds this same list
     if hasattr(source, "on_status"):
@@ -96,8 +106,34 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print_summary(state, console)
+    if meeting is not None:
+        print_meeting_summary(meeting, state, console)
+    else:
+        print_summary(state, console)
     return 0
+
+
+def _meeting(args: argparse.Namespace, cfg: Config, threshold: float, hop_s: float, fingerprint: str,
+             source_name: str) -> Meeting | None:
+    if not getattr(args, "meeting", False):
+        return None
+    rttm = Path(args.rttm) if getattr(args, "rttm", None) else None
+    guests = Path(args.guests) if getattr(args, "guests", None) else (
+        rttm.with_suffix(".guests.json") if rttm is not None else None)
+    file_id = Path(args.input).stem if args.input and args.input != "-" else Path(source_name).stem or "live"
+    return Meeting(cfg.meeting, threshold, hop_s, fingerprint, rttm, guests, file_id)
+
+
+def print_meeting_summary(meeting: Meeting, state: LiveState, console: Console) -> None:
+    table = Table(title=f"meeting summary: {state.stream_time:.1f} s of audio")
+    for column in ("speaker", "talk time", "turns", "share"):
+        table.add_column(column, justify="left" if column == "speaker" else "right")
+    for label, seconds, turns, share in summary(meeting.final_turns()):
+        table.add_row(label, f"{seconds:.1f} s", str(turns), f"{share:.0%}")
+    console.print(table)
+    for path in (meeting.rttm, meeting.guests_file):
+        if path is not None and path.is_file():
+            console.print(f"wrote {path}")
 
 
 def print_summary(state: LiveState, console: Console) -> None:

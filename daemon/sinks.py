@@ -75,3 +75,22 @@ class LogSink:
 
     def close(self) -> None:
         pass
+
+
+class ProgressSink:
+    """A progress bar over stream time, for `spkrec label` (a recording processed as fast as possible)."""
+
+    def __init__(self, duration_s: float, console) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("labelling"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+                                 TimeRemainingColumn(), console=console, transient=True)
+        self.task = self.progress.add_task("label", total=max(duration_s, 1.0))
+        self.progress.start()
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, (SpeakerEvent, SilenceEvent)):
+            self.progress.update(self.task, completed=event.end)
+
+    def close(self) -> None:
+        self.progress.stop()

@@ -153,6 +153,7 @@ class FileSource:
         self.samples = load_audio(path, rate)
         self.rate, self.block, self.realtime = rate, max(1, int(rate * block_s)), realtime
         self.name, self.native_rate = str(path), rate
+        self.duration_s = self.samples.size / rate
 
     def blocks(self, stop: threading.Event) -> Iterator[Block]:
         start = time.monotonic()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .door import DoorEvent
-from .events import Event, SilenceEvent, SpeakerEvent, StatusEvent
+from .events import Event, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
 
 
 @dataclass
@@ -43,6 +43,7 @@ class LiveState:
         self.timeline: deque[str] = deque(maxlen=max(1, int(self.timeline_s / self.hop_s)))
         self.inference_ms: deque[float] = deque(maxlen=200)
         self.latency_ms: deque[float] = deque(maxlen=200)
+        self.turn_log: deque[TurnEvent] = deque(maxlen=50)  # meeting mode: the latest closed turns
 
     def handle(self, event: Event) -> None:
         with self.lock:
@@ -63,6 +64,8 @@ class LiveState:
                 self.status, self.status_message = event.state, event.message
             elif isinstance(event, DoorEvent):
                 self.door = event
+            elif isinstance(event, TurnEvent):
+                self.turn_log.append(event)
 
     def quiet_window(self, end: float) -> None:
         """A hop without scored speech, for the timeline."""

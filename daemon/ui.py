@@ -57,6 +57,7 @@ def render(state: LiveState, threshold: float, width: int = 80) -> RenderableTyp
         latency = state.percentile(state.latency_ms, 50)
         level, voiced = state.level_db, state.voiced
         door = state.door
+        recent_turns = list(state.turn_log)[-4:]
         status = state.status if state.status == "listening" else f"{state.status}: {state.status_message}"
 
     title = Text.assemble(("spkrec live", "bold"), "  ", (state.source, "italic"))
@@ -103,6 +104,12 @@ def render(state: LiveState, threshold: float, width: int = 80) -> RenderableTyp
                        f"infer {infer:.0f} ms · latency {latency:.0f} ms · dropped {state.dropped}/{state.overflows} · "
                        f"{state.stream_time:.0f} s", style="grey70", overflow="ellipsis", no_wrap=True)
     parts = [title, hero, candidates, level_line, strip, talk_table]
+    if recent_turns:
+        line = Text("turns ")
+        for turn in recent_turns:
+            line.append(f"{turn.label[:12]} ", style=colour(turn.label))
+            line.append(f"{turn.start:.0f}-{turn.end:.0f}s  ", style="grey70")
+        parts.append(line)
     if door is not None:
         verdict = ("OPEN", "bold black on green") if door.granted else ("DENIED", "bold white on red")
         parts.append(Text.assemble("door ", verdict, f" {door.label} score {door.score:.2f} / {threshold:.2f} "

@@ -27,6 +27,14 @@ class Window:
     def voiced_ratio(self) -> float:
         return float(self.voiced_mask.mean()) if self.voiced_mask.size else 0.0
 
+    def voiced_span(self) -> tuple[float, float]:
+        """Stream times of the first and last voiced sample: where speech starts and stops."""
+        voiced = np.flatnonzero(self.voiced_mask)
+        if not voiced.size:
+            return self.end, self.end
+        seconds = (self.end - self.start) / self.voiced_mask.size
+        return self.start + voiced[0] * seconds, self.start + (voiced[-1] + 1) * seconds
+
     def voiced_audio(self) -> np.ndarray:
         """Only the voiced samples, repeated to the window length: pauses inside a window
         would otherwise dilute the voiceprint with silence."""

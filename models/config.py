@@ -74,6 +74,15 @@ class DecisionConfig:
 
 
 @dataclass
+class MeetingConfig:
+    guest_threshold: float = _opt(0.0, lo=-1.0, hi=1.0)
+    merge_threshold: float = _opt(0.0, lo=-1.0, hi=1.0)
+    max_guests: int = _opt(8, lo=1, hi=100)
+    change_windows: int = _opt(2, lo=1, hi=20)
+    min_turn_s: float = _opt(0.5, lo=0.0, hi=10.0)
+
+
+@dataclass
 class CalibrateConfig:
     target_far: float = _opt(0.01, lo=0.0001, hi=0.5)
     holdout: float = _opt(0.25, lo=0.05, hi=0.75)
@@ -161,6 +170,7 @@ class Config:
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    meeting: MeetingConfig = field(default_factory=MeetingConfig)
     door: DoorConfig = field(default_factory=DoorConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

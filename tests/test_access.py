@@ -19,40 +19,17 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-import pytest
-
 import conversation
-from conftest import LIBRI, live_exe, spkrec, wait_for
+from conftest import ENROLL_FILES, IMPOSTORS, LIBRI, SITE_ENROLLED, live_exe, spkrec, wait_for
+from conftest import speaker_files as _files
 
-AUTHORISED, ENROLLED, STRANGER = "3080", "2609", "533"
-IMPOSTORS = ("2414", "3005", "3331", "367")
-ENROLL_FILES = 6  # the first six recordings enroll (about 30 s voiced); the rest are never enrolled
-
-
-def _files(speaker: str) -> list[Path]:
-    return sorted((LIBRI / speaker).glob("*.flac"))
+AUTHORISED, ENROLLED, STRANGER = SITE_ENROLLED[0], SITE_ENROLLED[1], "533"
 
 
 def _stored_calibration(gallery: Path) -> dict | None:
     with sqlite3.connect(gallery) as db:
         row = db.execute("SELECT value FROM meta WHERE key='calibration'").fetchone()
     return json.loads(row[0]) if row else None
-
-
-@pytest.fixture(scope="module")
-def site(voices_run, tmp_path_factory):
-    """A gallery with two enrolled voices, calibrated against four impostors, via the real CLI."""
-    root = tmp_path_factory.mktemp("site")
-    config = root / "config.toml"
-    config.write_text(f"[gallery]\npath = \"{root / 'gallery.sqlite'}\"\n")
-    model = str(voices_run / "model.onnx")
-    for name in (AUTHORISED, ENROLLED):
-        spkrec("enroll", name, "--input", *map(str, _files(name)[:ENROLL_FILES]), "--model", model,
-               "--config", str(config), check=True)
-    calibrated = spkrec("calibrate", "--impostors", *(str(LIBRI / s) for s in IMPOSTORS), "--model", model,
-                        "--config", str(config), check=True)
-    return {"root": root, "config": config, "model": model, "gallery": root / "gallery.sqlite",
-            "calibrate_output": calibrated.stdout + calibrated.stderr}
 
 
 def test_calibration_is_measured_on_the_users_voices_and_stored(site):

@@ -1,0 +1,168 @@
+"""Meeting mode: turns, guests for unknown voices, RTTM; offline (`spkrec label`) and through the
+virtual microphone, scored with pyannote.metrics' DER against the known turns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyannote.core import Annotation, Segment
+from pyannote.metrics.diarization import DiarizationErrorRate
+
+import conversation
+from conftest import ENROLL_FILES, SITE_ENROLLED, live_exe, speaker_files, spkrec, wait_for
+from spkrec.daemon.events import SilenceEvent, SpeakerEvent, StatusEvent
+from spkrec.daemon.guests import GuestClusterer
+from spkrec.daemon.meeting import TurnSink
+
+GUESTS = ("533", "2414")  # never enrolled
+
+
+def _win(end, label, speech=None):
+    return SpeakerEvent(end - 2.0, end, label, 0.9, ((label, 0.9),), 1.0, speech=speech or (end - 2.0, end))
+
+
+def _turns(events, **kw):
+    out = []
+    sink = TurnSink(change_windows=2, min_turn_s=0.5, emit=out.append, **kw)
+    for e in events:
+        sink.handle(e)
+    sink.handle(StatusEvent("stopped"))
+    return [(t.label, round(t.start, 2), round(t.end, 2)) for t in out]
+
+
+def test_windows_merge_into_turns_closed_by_silence_and_confirmed_changes():
+    events = [_win(2.0, "a", speech=(0.5, 2.0)), _win(2.5, "a"), _win(3.0, "b"), _win(3.5, "a"),  # a blip of b
+              _win(4.0, "b"), _win(4.5, "b"), _win(5.0, "b", speech=(3.0, 4.6)), SilenceEvent(5.0, 7.0),
+              _win(9.0, "c", speech=(8.0, 9.0))]
+    # a: from its speech onset to the centre of b's first confirmed window; b: to where its speech
+    # stopped; c: still open when the stream stops, closed there
+    assert _turns(events) == [("a", 0.5, 3.0), ("b", 3.0, 4.6), ("c", 8.0, 9.0)]
+
+
+def test_short_turns_are_dropped():
+    assert _turns([_win(2.0, "a", speech=(1.8, 2.0)), SilenceEvent(2.0, 4.0)]) == []
+
+
+def test_guests_stay_consistent_are_capped_and_merge():
+    rng = np.random.default_rng(0)
+    voices = rng.normal(size=(3, 64))
+    clusterer = GuestClusterer(threshold=0.5, merge_threshold=0.8, max_guests=2)
+    labels = [clusterer.assign(voices[i % 2] + 0.3 * rng.normal(size=64), 0.5)[0] for i in range(20)]
+    assert labels[0::2] == ["Guest 1"] * 10 and labels[1::2] == ["Guest 2"] * 10
+    third, _ = clusterer.assign(voices[2], 0.5)
+    assert third in ("Guest 1", "Guest 2")  # the cap: no third guest
+    merging = GuestClusterer(threshold=0.99, merge_threshold=0.9, max_guests=5)
+    first = merging.assign(voices[0], 0.5)[0]
+    merging.assign(voices[0] + 0.2 * rng.normal(size=64), 0.5)  # a new guest, then merged into the first
+    assert len(merging.guests) == 1 and merging.current("Guest 2") == first == "Guest 1"
+
+
+@pytest.fixture(scope="module")
+def meeting(site, tmp_path_factory):
+    """Two enrolled voices and two strangers taking turns, labelled offline via the real CLI."""
+    root = tmp_path_factory.mktemp("meeting")
+    speakers = (*SITE_ENROLLED, *GUESTS)
+    order = [(speaker_files(s)[i], s) for i in range(ENROLL_FILES, ENROLL_FILES + 2) for s in speakers]
+    wav = root / "standup.wav"
+    turns = conversation.assemble(order, wav, gap_s=1.0)
+    rttm, events = root / "standup.rttm", root / "events.jsonl"
+    done = spkrec("label", str(wav), "--rttm", str(rttm), "--events", str(events), "--model", site["model"],
+                  "--config", str(site["config"]), check=True)
+    return {"wav": wav, "turns": turns, "rttm": rttm, "events": events, "output": done.stderr, "root": root}
+
+
+def _annotation(turns) -> Annotation:
+    a = Annotation()
+    for start, end, label in turns:
+        a[Segment(start, end)] = label
+    return a
+
+
+def _rttm_turns(path: Path) -> list[tuple[float, float, str]]:
+    rows = [line.split() for line in path.read_text().splitlines()]
+    assert all(r[0] == "SPEAKER" and r[2] == "1" and len(r) == 10 for r in rows)
+    return [(float(r[3]), float(r[3]) + float(r[4]), r[7]) for r in rows]
+
+
+def test_label_writes_an_rttm_close_to_the_reference(meeting):
+    hypothesis = _rttm_turns(meeting["rttm"])
+    assert {r.split()[1] for r in meeting["rttm"].read_text().splitlines()} == {"standup"}
+    der = DiarizationErrorRate(collar=0.25)(_annotation(meeting["turns"]), _annotation(hypothesis),
+                                           uem=Segment(0, meeting["turns"][-1][1]))
+    assert der < 0.25, (der, hypothesis)
+    # enrolled voices by name; each stranger one consistent guest, different from the other
+    for who in SITE_ENROLLED:
+        assert _majority(hypothesis, meeting["turns"], who) == who
+    guests = [_majority(hypothesis, meeting["turns"], who) for who in GUESTS]
+    assert all(g.startswith("Guest_") for g in guests) and len(set(guests)) == 2, guests
+    assert "meeting summary" in meeting["output"] and "share" in meeting["output"]
+
+
+def _majority(hypothesis, reference, who: str) -> str:
+    """The hypothesis label covering most of ``who``'s reference speech."""
+    cover: dict[str, float] = {}
+    for start, end, label in reference:
+        if label != who:
+            continue
+        for h_start, h_end, h_label in hypothesis:
+            cover[h_label] = cover.get(h_label, 0.0) + max(0.0, min(end, h_end) - max(start, h_start))
+    return max(cover, key=cover.get)
+
+
+def test_turn_events_match_the_rttm(meeting):
+    turns = [e for e in conversation.read_events(meeting["events"]) if e["event"] == "turn"]
+    rttm = _rttm_turns(meeting["rttm"])
+    assert [(round(t["start"], 3), t["label"].replace(" ", "_")) for t in turns] == \
+        [(round(s, 3), label) for s, _, label in rttm]
+
+
+def test_a_guest_can_be_enrolled_under_a_real_name(meeting, site, tmp_path):
+    guests_file = meeting["rttm"].with_suffix(".guests.json")
+    saved = json.loads(guests_file.read_text())
+    label = _majority(_rttm_turns(meeting["rttm"]), meeting["turns"], GUESTS[0]).replace("_", " ")
+    assert label in {g["label"] for g in saved["guests"]}
+    config = tmp_path / "config.toml"
+    config.write_text(site["config"].read_text().replace(str(site["gallery"]), str(tmp_path / "g.sqlite")))
+    spkrec("enroll", "carol", "--from-guest", label, "--guests", str(guests_file), "--model", site["model"],
+           "--config", str(config), check=True)
+    listed = spkrec("speakers", "--config", str(config), check=True).stdout
+    assert "carol" in listed
+    missing = spkrec("enroll", "dave", "--from-guest", "Guest 99", "--guests", str(guests_file), "--model",
+                     site["model"], "--config", str(config))
+    assert missing.returncode != 0 and "no 'Guest 99'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_virtual_microphone_gives_the_same_turns(meeting, site, mic):
+    events = meeting["root"] / "mic.jsonl"
+    process = subprocess.Popen([live_exe(), "--meeting", "--device", "pulse", "--model", site["model"], "--config",
+                                str(site["config"]), "--no-ui", "--events", str(events)],
+                               env={**os.environ, **mic.env}, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(events, '"listening"')
+        listening = conversation.read_events(events)[0]["time"]
+        time.sleep(0.5)
+        played = time.time()
+        assert mic.play(meeting["wav"]).wait(180) == 0
+        time.sleep(3.0)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "meeting summary" in stderr
+    offset = played - listening
+    live = [(e["start"] - offset, e["end"] - offset, e["label"]) for e in conversation.read_events(events)
+            if e["event"] == "turn"]
+    offline = [(e["start"], e["end"], e["label"]) for e in conversation.read_events(meeting["events"])
+               if e["event"] == "turn"]
+    # every offline turn of 2 s or more has a live turn with the same label, within one window (2 s)
+    long_turns = [t for t in offline if t[1] - t[0] >= 2.0]
+    matched = [t for t in long_turns if any(lab == t[2] and abs(s - t[0]) <= 2.0 and abs(e - t[1]) <= 2.0
+                                            for s, e, lab in live)]
+    assert len(matched) >= 0.8 * len(long_turns), (offline, live)

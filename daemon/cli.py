@@ -351,7 +351,7 @@ def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
         cfg.model.path = str(files.pop(0))
     engine = _engine(args, cfg)
     gallery = open_gallery(cfg)
-    roster = Roster(engine.info, gallery)
+    roster = Roster(engine.info, gallery, cfg.decision.trained_speakers)
     threshold = decision_threshold(cfg, engine.info, gallery)
     results = [identify_file(engine, roster, path, threshold, cfg.decision.margin) for path in files]
     if args.json:

@@ -66,7 +66,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     window_s = cfg.stream.window_s or info.window_s
     hop_s = cfg.stream.hop_s or info.hop_s
     gallery = open_gallery(cfg)
-    roster = Roster(info, gallery)
+    roster = Roster(info, gallery, cfg.decision.trained_speakers)
     threshold = decision_threshold(cfg, info, gallery)
     sinks: list = []
     source, demo = build_source(args, cfg, info.sample_rate, console)

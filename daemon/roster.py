@@ -15,10 +15,12 @@ from spkrec.models.gallery import Gallery
 
 
 class Roster:
-    def __init__(self, info: ModelInfo, gallery: Gallery | None) -> None:
+    def __init__(self, info: ModelInfo, gallery: Gallery | None, trained_speakers: bool = True) -> None:
         self.info, self.gallery = info, gallery
+        self.trained = (info.labels, info.prototypes) if trained_speakers else \
+            ((), np.zeros((0, info.embedding_dim), np.float32))
         self.version: int | None = None
-        self.current = (info.labels, info.prototypes)
+        self.current = self.trained
         self.refresh()  # a gallery of another model is refused here, at start, in one line
 
     def refresh(self) -> None:
@@ -28,9 +30,10 @@ class Roster:
         if version == self.version:
             return
         names, prints = self.gallery.roster(self.info.fingerprint)
-        keep = [i for i, label in enumerate(self.info.labels) if label not in names]  # enrolled voices win
-        labels = tuple(self.info.labels[i] for i in keep) + names
-        protos = [self.info.prototypes[keep]] + ([prints] if len(names) else [])
+        trained_labels, trained_protos = self.trained
+        keep = [i for i, label in enumerate(trained_labels) if label not in names]  # enrolled voices win
+        labels = tuple(trained_labels[i] for i in keep) + names
+        protos = [trained_protos[keep]] + ([prints] if len(names) else [])
         self.current = (labels, np.concatenate(protos).astype(np.float32))
         self.version = version
 

@@ -71,6 +71,7 @@ class DecisionConfig:
     operating_point: str = _opt("auto", choices=("auto", "calibrated", "eer", "far1", "fixed"))
     threshold: float = _opt(0.5, lo=-1.0, hi=1.0)
     margin: float = _opt(0.0, lo=0.0, hi=2.0)
+    trained_speakers: bool = _opt(True)
 
 
 @dataclass

@@ -20,10 +20,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import conversation
-from conftest import ENROLL_FILES, IMPOSTORS, LIBRI, SITE_ENROLLED, live_exe, spkrec, wait_for
+from conftest import ENROLL_FILES, IMPOSTORS, LIBRI, SITE_ENROLLED, SITE_FAR, live_exe, spkrec, wait_for
 from conftest import speaker_files as _files
 
-AUTHORISED, ENROLLED, STRANGER = SITE_ENROLLED[0], SITE_ENROLLED[1], "533"
+AUTHORISED, ENROLLED, STRANGER = SITE_ENROLLED[0], SITE_ENROLLED[1], "2414"
 
 
 def _stored_calibration(gallery: Path) -> dict | None:
@@ -35,8 +35,8 @@ def _stored_calibration(gallery: Path) -> dict | None:
 def test_calibration_is_measured_on_the_users_voices_and_stored(site):
     stored = _stored_calibration(site["gallery"])
     assert stored is not None and stored["speakers"] == sorted([AUTHORISED, ENROLLED])
-    assert stored["far"] <= stored["target_far"] == 0.01
-    assert stored["n_nontarget"] > 1000 and stored["n_target"] > 20
+    assert stored["far"] <= stored["target_far"] == SITE_FAR
+    assert stored["n_nontarget"] > 300 and stored["n_target"] > 20
     assert "false rejects (FRR)" in site["calibrate_output"] and "EER" in site["calibrate_output"]
     # verify and the daemon use the gallery's threshold (operating_point "auto")
     held_out = _files(AUTHORISED)[-1]
@@ -127,7 +127,8 @@ def test_door_through_the_virtual_microphone(site, mic, tmp_path):
     assert {ENROLLED, STRANGER} <= denied, records  # both turned away, and on record
     assert opened.read_text().splitlines() == [AUTHORISED]
     assert [(w["label"], w["granted"]) for w in webhook.received] == [(AUTHORISED, True)]
-    assert records[0]["action"]["command"]["ok"] and records[0]["action"]["url"]["ok"]
+    grant = next(r for r in records if r["granted"])
+    assert grant["action"]["command"]["ok"] and grant["action"]["url"]["ok"]
     door_events = [e for e in conversation.read_events(events) if e["event"] == "door"]
     assert len(door_events) == len(records)  # every decision is both an event and an audit line
 

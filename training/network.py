@@ -29,6 +29,9 @@ class SpeakerNet(nn.Module):
         backbone.fc = nn.Identity()
         self.backbone = backbone
         self.embed = nn.Sequential(nn.Linear(2048, embedding_dim), nn.BatchNorm1d(embedding_dim))
+        # Mean of the training embeddings, set once training ends (zero while training): without it a
+        # briefly trained model puts every voice in one narrow cone and all cosines sit near 1.
+        self.register_buffer("center", torch.zeros(embedding_dim))
         self.head = head
         if head == "aam":
             self.classifier = nn.Parameter(torch.empty(n_speakers, embedding_dim))
@@ -42,9 +45,10 @@ class SpeakerNet(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw = self.embed(self.backbone(self.features(waveform)))
-        embedding = nn.functional.normalize(raw, dim=-1)
+        unit = nn.functional.normalize(raw, dim=-1)
+        embedding = nn.functional.normalize(unit - self.center, dim=-1)
         if self.head == "aam":
-            logits = embedding @ nn.functional.normalize(self.classifier, dim=-1).T * self.logit_scale
+            logits = unit @ nn.functional.normalize(self.classifier, dim=-1).T * self.logit_scale
         else:
             logits = self.linear(raw)
         return embedding, logits

@@ -14,7 +14,7 @@ from rich.table import Table
 from spkrec.models.artifact import ModelInfo
 from spkrec.models.config import Config, TrainConfig, from_dict
 from spkrec.models.engine import Engine
-from spkrec.models.errors import DataError
+from spkrec.models.errors import DataError, ModelError
 from spkrec.models.windows import fit_length
 
 from . import data as datasets
@@ -44,7 +44,10 @@ def load_run(run_dir: Path) -> tuple[SpeakerNet, dict, TrainConfig]:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     t = from_dict({"train": {k: v for k, v in saved["config"]["train"].items() if k in known}}).train
     net = build_net(len(saved["labels"]), t)
-    net.load_state_dict(saved["model"])
+    missing, unexpected = net.load_state_dict(saved["model"], strict=False)
+    if unexpected or set(missing) - {"center"}:  # runs from before centring have no "center": zero, as trained
+        raise ModelError(f"{run_dir / 'model.pt'} does not fit this spkrec's network: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
     return net.eval(), saved, t
 
 

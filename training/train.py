@@ -24,12 +24,13 @@ from spkrec.models import __version__
 from spkrec.models.artifact import ModelInfo
 from spkrec.models.config import Config, TrainConfig
 from spkrec.models.errors import DataError
+from spkrec.models.scoring import normalize
 from spkrec.models.windows import fit_length
 
 from . import data as datasets
 from . import pretrained
 from .augment import Augmenter
-from .evaluate import embed_clips, evaluate, prototypes, save_confusion_png
+from .evaluate import Embedded, embed_clips, evaluate, prototypes, save_confusion_png
 from .export import check_parity, export_onnx
 from .features import SpecAugment
 from .network import MarginLoss, SpeakerNet
@@ -204,11 +205,22 @@ def _restore(checkpoint: Path, labels: list[str], net, optimizer, scheduler, aug
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if state["labels"] != labels:
         raise DataError("--resume: the checkpoint was trained on other speakers than this dataset holds")
-    net.load_state_dict(state["model"])
+    missing, unexpected = net.load_state_dict(state["model"], strict=False)
+    if unexpected or set(missing) - {"center"}:  # "center" is set after training; older checkpoints lack it
+        raise DataError(f"--resume: {checkpoint} does not fit this network (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     augmenter.generator.set_state(state["augment_rng"])
     return int(state["epoch"])
+
+
+def center(net: SpeakerNet, embedded: list[Embedded]) -> list[Embedded]:
+    """Set the network's embedding centre to the mean training embedding; returns the training
+    embeddings as the centred network now gives them (the same arithmetic, without re-running it)."""
+    mean = np.concatenate([e.windows for e in embedded]).mean(axis=0)
+    net.center.copy_(torch.from_numpy(mean.astype(np.float32)))
+    return [Embedded(e.label, normalize(e.windows - mean)) for e in embedded]
 
 
 def finish(net: SpeakerNet, device: torch.device, run_dir: Path, cfg: Config, labels: list[str],
@@ -220,7 +232,7 @@ def finish(net: SpeakerNet, device: torch.device, run_dir: Path, cfg: Config, la
     net.eval()
     embed = _embedder(net, device)
     with console.status("embedding training audio for speaker prototypes ..."):
-        train_embedded = embed_clips(embed, train_clips, window)
+        train_embedded = center(net, embed_clips(embed, train_clips, window))
         protos = prototypes(train_embedded, labels)
     with console.status("evaluating on validation files ..."):
         val_embedded = embed_clips(embed, val_clips, window)

@@ -47,10 +47,12 @@ class GuestClusterer:
         self.renamed: dict[str, str] = {}  # merged-away label -> the label it lives on as
         self.counter = 0
 
-    def assign(self, embedding: np.ndarray, voiced_s: float) -> tuple[str, float]:
-        """(guest label, cosine to its centroid) for one unknown window."""
+    def assign(self, embedding: np.ndarray, voiced_s: float, query: np.ndarray | None = None) -> tuple[str, float]:
+        """(guest label, cosine to its centroid) for one unknown window, matched by ``query`` (by
+        default the window itself; the daemon passes the mean of the last few unknown windows)."""
         embedding = normalize(embedding)
-        scores = [float(embedding @ g.centroid) for g in self.guests]
+        query = embedding if query is None else normalize(query)
+        scores = [float(query @ g.centroid) for g in self.guests]
         best = int(np.argmax(scores)) if scores else -1
         if best < 0 or (scores[best] < self.threshold and len(self.guests) < self.max_guests):
             self.counter += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Callable, TextIO
 
@@ -31,20 +31,25 @@ from .windowing import Window
 class GuestDecider:
     """The decider of meeting mode: known voices as before, unknown ones as consistent guests."""
 
-    def __init__(self, decider: Decider, guests: GuestClusterer, hop_s: float) -> None:
+    def __init__(self, decider: Decider, guests: GuestClusterer, hop_s: float, smoothing: int) -> None:
         self.decider, self.guests, self.hop_s = decider, guests, hop_s
+        self.recent: deque[np.ndarray] = deque(maxlen=smoothing)  # unknown windows of the current stretch
 
     def needs_embedding(self, window: Window) -> bool:
         return self.decider.needs_embedding(window)
 
     def silence(self, window: Window) -> SilenceEvent | None:
+        self.recent.clear()
         return self.decider.silence(window)
 
     def decide(self, window: Window, embedding: np.ndarray, inference_ms: float, latency_ms: float) -> SpeakerEvent:
         event = self.decider.decide(window, embedding, inference_ms, latency_ms)
         if event.label != UNKNOWN:
+            self.recent.clear()
             return event
-        label, score = self.guests.assign(embedding, window.voiced_ratio * self.hop_s)
+        # Matched on the mean of the last few unknown windows, as known voices are on smoothed scores.
+        self.recent.append(embedding)
+        label, score = self.guests.assign(embedding, window.voiced_ratio * self.hop_s, np.mean(self.recent, axis=0))
         return dataclasses.replace(event, label=label, score=score,
                                    candidates=((label, score),) + event.candidates[:4])
 
@@ -152,7 +157,7 @@ class Meeting:
         self.turns: TurnSink | None = None
 
     def decider(self, decider: Decider) -> GuestDecider:
-        return GuestDecider(decider, self.guests, self.hop_s)
+        return GuestDecider(decider, self.guests, self.hop_s, decider.settings.smoothing)
 
     def sinks(self, emit: Callable[[Event], None]) -> list:
         self.turns = TurnSink(self.cfg.change_windows, self.cfg.min_turn_s, emit,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -112,8 +116,53 @@ def site(voices_run, tmp_path_factory):
             "calibrate_output": calibrated.stdout + calibrated.stderr}
 
 
+class Webhook:
+    """A local HTTP server that records every POST, like a door controller's API."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/door"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def live_exe() -> str:
     return str(Path(sys.executable).with_name("spkrec-live"))
+
+
+def play_to_daemon(mic, wav: Path, events: Path, *args: str) -> tuple[str, float]:
+    """Start `spkrec-live --device pulse ARGS --no-ui --events EVENTS`, play WAV into the virtual
+    microphone, stop it with SIGTERM. Returns (stderr, offset): stream time = file time + offset."""
+    import conversation
+
+    process = subprocess.Popen([live_exe(), "--device", "pulse", *args, "--no-ui", "--events", str(events)],
+                               env={**os.environ, **mic.env}, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(events, '"listening"')
+        listening = conversation.read_events(events)[0]["time"]
+        time.sleep(0.5)  # the first callback comes a few hundred ms after the stream opens
+        played = time.time()
+        assert mic.play(wav).wait(300) == 0
+        time.sleep(3.0)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    return stderr, played - listening
 
 
 def wait_for(path: Path, text: str, timeout: float = 60.0) -> None:

@@ -9,18 +9,15 @@ more serve as the impostor recordings that calibration needs.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import conversation
-from conftest import ENROLL_FILES, IMPOSTORS, LIBRI, SITE_ENROLLED, SITE_FAR, live_exe, spkrec, wait_for
+from conftest import ENROLL_FILES, IMPOSTORS, LIBRI, SITE_ENROLLED, SITE_FAR, Webhook, play_to_daemon, spkrec
 from conftest import speaker_files as _files
 
 AUTHORISED, ENROLLED, STRANGER = SITE_ENROLLED[0], SITE_ENROLLED[1], "2414"
@@ -62,30 +59,6 @@ def test_calibrate_without_impostors_or_gallery_is_a_clear_error(site, tmp_path)
     assert done.returncode != 0 and "enroll speakers first" in done.stderr and "Traceback" not in done.stderr
 
 
-class _Webhook:
-    """A local HTTP server that records every POST, like a door controller's API."""
-
-    def __init__(self) -> None:
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/door"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_door_through_the_virtual_microphone(site, mic, tmp_path):
     # One visit each: the authorised voice, the enrolled but unauthorised one, a stranger.
     order = [(path, who) for who in (AUTHORISED, ENROLLED, STRANGER) for path in _files(who)[ENROLL_FILES:][:2]]
@@ -93,27 +66,15 @@ def test_door_through_the_virtual_microphone(site, mic, tmp_path):
     turns = conversation.assemble(order, wav, gap_s=3.0)
     opened, audit, events = tmp_path / "opened.txt", tmp_path / "audit.jsonl", tmp_path / "events.jsonl"
     hook = f"import os; open({str(opened)!r}, 'a').write(os.environ['SPKREC_LABEL'] + chr(10))"
-    webhook = _Webhook()
+    webhook = Webhook()
     config = tmp_path / "config.toml"
     config.write_text(site["config"].read_text() + f"[door]\nauthorized = [\"{AUTHORISED}\"]\n"
                       f"command = [{json.dumps(sys.executable)}, \"-c\", {json.dumps(hook)}]\n"
                       f"url = \"{webhook.url}\"\naudit_log = \"{audit}\"\ncooldown_s = 60.0\n")
-    process = subprocess.Popen([live_exe(), "--device", "pulse", "--model", site["model"], "--config", str(config),
-                                "--no-ui", "--events", str(events)],
-                               env={**os.environ, **mic.env}, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(events, '"listening"')
-        listening = conversation.read_events(events)[0]["time"]
-        time.sleep(0.5)
-        played = time.time()
-        assert mic.play(wav).wait(120) == 0
-        time.sleep(3.0)
+        _, offset = play_to_daemon(mic, wav, events, "--model", site["model"], "--config", str(config))
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
         webhook.close()
-    assert process.returncode == 0, stderr
-    offset = played - listening
 
     def visitor(decision: dict) -> str:
         """Whose visit a door decision fell in, by its stream time."""

@@ -2,10 +2,9 @@
 
 import json
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
+from conftest import Webhook
 from spkrec.daemon.door import DoorSink
 from spkrec.daemon.events import SilenceEvent, SpeakerEvent
 from spkrec.models.config import DoorConfig
@@ -91,23 +90,11 @@ def test_hanging_hook_is_killed_and_failing_hook_is_logged(tmp_path):
 
 
 def test_webhook_receives_the_decision(tmp_path):
-    received = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.handle_request, daemon=True).start()
-    door, _ = _door(tmp_path, url=f"http://127.0.0.1:{server.server_port}/door")
+    webhook = Webhook()
+    door, _ = _door(tmp_path, url=webhook.url)
     for i in range(4):
         door.handle(_win(i * 0.5, "alice"))
     door.close()
-    server.server_close()
-    assert received and received[0]["label"] == "alice" and received[0]["granted"] is True
+    webhook.close()
+    assert webhook.received and webhook.received[0]["label"] == "alice" and webhook.received[0]["granted"] is True
     assert _audit(tmp_path)[0]["action"]["url"] == {"status": 204, "ok": True}

@@ -8,13 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import conversation
-from conftest import live_exe, spkrec, wait_for
+from conftest import live_exe, play_to_daemon, spkrec, wait_for
 from virtual_mic import VirtualMic
 
 # A one-minute test model's calibrated threshold rests on a few dozen validation windows; the
@@ -53,23 +52,10 @@ def test_file_labels_follow_the_speakers(fast_events, live_setup):
 
 def test_virtual_microphone_end_to_end(mic, live_setup, fast_events):
     events = live_setup["root"] / "mic.jsonl"
-    process = subprocess.Popen([live_exe(), "--device", "pulse", "--model", live_setup["model"], "--config",
-                                live_setup["config"], "--no-ui", "--events", str(events)],
-                               env={**os.environ, **mic.env}, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(events, '"listening"')
-        listening = conversation.read_events(events)[0]["time"]
-        time.sleep(0.5)  # the first callback comes a few hundred ms after the stream opens
-        played = time.time()
-        assert mic.play(live_setup["wav"]).wait(120) == 0
-        time.sleep(3.0)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
+    stderr, offset = play_to_daemon(mic, live_setup["wav"], events, "--model", live_setup["model"], "--config",
+                                    live_setup["config"])
     assert "session summary" in stderr
     heard = conversation.read_events(events)
-    offset = played - listening
     right, total = conversation.speaker_agreement(heard, live_setup["turns"], offset, slack=0.6)
     assert total >= 20 and right / total >= 0.75, (right, total)
     assert conversation.silences_in_gaps(heard, live_setup["turns"], offset) >= len(live_setup["turns"]) - 2

@@ -4,10 +4,6 @@ virtual microphone, scored with pyannote.metrics' DER against the known turns.""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +12,7 @@ from pyannote.core import Annotation, Segment
 from pyannote.metrics.diarization import DiarizationErrorRate
 
 import conversation
-from conftest import ENROLL_FILES, SITE_ENROLLED, live_exe, speaker_files, spkrec, wait_for
+from conftest import ENROLL_FILES, SITE_ENROLLED, play_to_daemon, speaker_files, spkrec
 from spkrec.daemon.events import SilenceEvent, SpeakerEvent, StatusEvent
 from spkrec.daemon.guests import GuestClusterer
 from spkrec.daemon.meeting import TurnSink
@@ -147,22 +143,9 @@ def test_a_guest_can_be_enrolled_under_a_real_name(meeting, site, tmp_path):
 
 def test_virtual_microphone_gives_the_same_turns(meeting, site, mic):
     events = meeting["root"] / "mic.jsonl"
-    process = subprocess.Popen([live_exe(), "--meeting", "--device", "pulse", "--model", site["model"], "--config",
-                                str(site["config"]), "--no-ui", "--events", str(events)],
-                               env={**os.environ, **mic.env}, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(events, '"listening"')
-        listening = conversation.read_events(events)[0]["time"]
-        time.sleep(0.5)
-        played = time.time()
-        assert mic.play(meeting["wav"]).wait(180) == 0
-        time.sleep(3.0)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
+    stderr, offset = play_to_daemon(mic, meeting["wav"], events, "--meeting", "--model", site["model"], "--config",
+                                    str(site["config"]))
     assert "meeting summary" in stderr
-    offset = played - listening
     live = [(e["start"] - offset, e["end"] - offset, e["label"]) for e in conversation.read_events(events)
             if e["event"] == "turn"]
     offline = [(e["start"], e["end"], e["label"]) for e in conversation.read_events(meeting["events"])

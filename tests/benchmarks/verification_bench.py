@@ -97,12 +97,13 @@ class ResemblyzerEngine:
 
     provider, last_ms = "cpu", 0.0
 
-    def __init__(self) -> None:
+    def __init__(self, info) -> None:
         from resemblyzer import VoiceEncoder
         from resemblyzer.audio import normalize_volume
 
         self.encoder, self.normalize_volume = VoiceEncoder("cpu", verbose=False), normalize_volume
         self.path = Path("resemblyzer")
+        self.info = info  # the same windows and hop as spkrec's model, so both score identical audio
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
@@ -221,7 +222,7 @@ def main() -> None:
     info = engine.info
     systems = {"spkrec (ResNet50, 200 voices)": engine}
     if not args.skip_resemblyzer:
-        systems["Resemblyzer 0.1.4 (GE2E)"] = ResemblyzerEngine()
+        systems["Resemblyzer 0.1.4 (GE2E)"] = ResemblyzerEngine(info)
     results = {"command": shlex.join([sys.executable, *sys.argv]),
                "train": f"spkrec train <folder of the 200 training voices> --out RUN {shlex.join(TRAIN_FLAGS)}",
                "machine": machine(), "model": {"fingerprint": info.fingerprint,

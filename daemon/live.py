@@ -72,7 +72,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     source, demo = build_source(args, cfg, info.sample_rate, console)
     state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
                       timeline_s=cfg.ui.timeline_s, demo=demo)
-    meeting = _meeting(args, cfg, threshold, hop_s, info.fingerprint, source.name)
+    meeting = _meeting(args, cfg, guest_threshold(cfg, info, gallery), hop_s, info.fingerprint, source.name)
     if args.events:
         sinks.append(JsonlSink(args.events))
     if getattr(args, "progress", False):
@@ -111,6 +111,18 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     else:
         print_summary(state, console)
     return 0
+
+
+def guest_threshold(cfg: Config, info, gallery: Gallery | None) -> float:
+    """Where a window joins a guest: ``[meeting] guest_threshold``, else the equal-error point
+    (the gallery's calibration, else the model's): clustering should balance splitting one
+    voice against merging two, where a door's threshold guards against false accepts only."""
+    if cfg.meeting.guest_threshold:
+        return cfg.meeting.guest_threshold
+    calibrated = gallery.calibration(info.fingerprint) if gallery is not None else None
+    if calibrated and "eer_threshold" in calibrated:
+        return float(calibrated["eer_threshold"])
+    return float(info.thresholds.get("eer", cfg.threshold_for(info.thresholds)))
 
 
 def _meeting(args: argparse.Namespace, cfg: Config, threshold: float, hop_s: float, fingerprint: str,

@@ -148,9 +148,8 @@ class Meeting:
     """Everything meeting mode adds to a pipeline: the guest decider, the turn and RTTM sinks,
     and the guests file written at the end (for enrolling a guest under a real name)."""
 
-    def __init__(self, cfg: MeetingConfig, threshold: float, hop_s: float, fingerprint: str,
+    def __init__(self, cfg: MeetingConfig, guest_threshold: float, hop_s: float, fingerprint: str,
                  rttm: Path | None, guests_file: Path | None, file_id: str) -> None:
-        guest_threshold = cfg.guest_threshold or threshold
         self.guests = GuestClusterer(guest_threshold, cfg.merge_threshold or guest_threshold, cfg.max_guests)
         self.cfg, self.hop_s, self.fingerprint = cfg, hop_s, fingerprint
         self.rttm, self.guests_file, self.file_id = rttm, guests_file, file_id

@@ -91,6 +91,7 @@ class OpenSetCalibration:
     far: float  # false-accept rate at ``threshold`` on the calibration impostors
     frr: float  # false-reject rate at ``threshold`` on the held-out enrollment windows
     eer: float
+    eer_threshold: float  # where false accepts equal false rejects: meeting mode clusters guests there
     min_dcf: float
     n_target: int
     n_nontarget: int
@@ -141,6 +142,6 @@ def calibrate_open_set(windows: dict[str, np.ndarray], impostors: list[np.ndarra
     threshold = threshold_at_far(nontargets_all, target_far)
     frr, far = rates_at(targets_all, nontargets_all, threshold)
     v = verification(targets_all, nontargets_all)
-    return OpenSetCalibration(threshold, target_far, far, frr, v.eer, v.min_dcf, len(targets_all),
+    return OpenSetCalibration(threshold, target_far, far, frr, v.eer, v.eer_threshold, v.min_dcf, len(targets_all),
                               len(nontargets_all), smoothing, tuple(names))
 

@@ -112,7 +112,10 @@ def main() -> None:
         folder.mkdir()
         config = folder / "config.toml"
         # a model trained on a public corpus: its 200 training voices are not meeting participants
-        config.write_text(f"[gallery]\npath = \"{folder / 'gallery.sqlite'}\"\n[decision]\ntrained_speakers = false\n")
+        # and its windows of one real voice agree less than the default consistency check expects
+        # (0.37 at the 5th percentile for 3080): see README, the check is model-dependent
+        config.write_text(f"[gallery]\npath = \"{folder / 'gallery.sqlite'}\"\n[decision]\ntrained_speakers = false\n"
+                          "[enroll]\nmin_consistency = 0.2\n")
         for name in enrolled:
             files = sorted((ENROLLED / name).glob("*.flac"))[:ENROLL_FILES]
             spkrec("enroll", name, "--input", *map(str, files), "--model", model, "--config", str(config))

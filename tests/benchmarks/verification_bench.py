@@ -61,7 +61,6 @@ from spkrec.models.calibration import calibrate_open_set, rates_at, verification
 from spkrec.models.config import Config  # noqa: E402
 from spkrec.models.engine import Engine  # noqa: E402
 from spkrec.models.scoring import as_norm, cosine_scores, mean_embedding, normalize  # noqa: E402
-from spkrec.models.windows import frame_windows  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"

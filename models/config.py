@@ -157,6 +157,8 @@ class TrainConfig:
     seed: int = _opt(0, lo=0, hi=2**31 - 1)
     device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
     amp: bool = _opt(True)
+    workers: int = _opt(-1, lo=-1, hi=64)
+    cache_audio: bool = _opt(True)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

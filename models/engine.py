@@ -24,7 +24,14 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def _provider_list(provider: str) -> list:
+# Heuristic conv algorithm choice: an exhaustive search re-tunes for every new batch size the
+# daemon happens to send (one stream, then two, then four voiced at once), stalling that hop.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested",
+                "cudnn_conv_use_max_workspace": "1"}
+
+
+def resolve_provider(provider: str) -> str:
+    """'auto' -> 'cuda' where this onnxruntime has the CUDA provider, else 'cpu'."""
     available = available_providers()
     if provider == "auto":
         provider = "cuda" if PROVIDERS["cuda"] in available else "cpu"
@@ -35,12 +42,27 @@ def _provider_list(provider: str) -> list:
             f"provider '{provider}' is not available in this onnxruntime (has: {', '.join(available)}); "
             "for CUDA install onnxruntime-gpu instead of onnxruntime (see README, GPU)"
         )
+    return provider
+
+
+def _provider_list(provider: str, cuda_options: dict | None) -> list:
     if provider == "cuda":
-        # Heuristic conv algorithm choice: an exhaustive search would re-tune for every new
-        # batch size or window length the daemon happens to send.
-        options = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
-        return [(PROVIDERS["cuda"], options), PROVIDERS["cpu"]]
+        _preload_cuda_libraries()
+        return [(PROVIDERS["cuda"], {**CUDA_OPTIONS, **(cuda_options or {})}), PROVIDERS["cpu"]]
     return [PROVIDERS["cpu"]]
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* pip packages (PyTorch's) when onnxruntime-gpu can,
+    so a machine needs no system-wide CUDA install; without them the CUDA provider fails to load
+    and the session falls back to the CPU, which ``Engine.fell_back`` reports."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception:  # missing packages: the provider's own loader reports what is absent
+            pass
 
 
 def _default_threads() -> int:
@@ -54,7 +76,8 @@ def _default_threads() -> int:
 class Engine:
     """One inference session over one spkrec model file."""
 
-    def __init__(self, path: str | Path, provider: str = "auto", threads: int = 0) -> None:
+    def __init__(self, path: str | Path, provider: str = "auto", threads: int = 0, io_binding: bool = False,
+                 cuda_options: dict | None = None) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -66,22 +89,28 @@ class Engine:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        self.requested = resolve_provider(provider)
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=_provider_list(provider))
-        except EngineError:
-            raise
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=_provider_list(self.requested, cuda_options))
         except Exception as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{self.path} is not a loadable ONNX model: {first}") from None
         self.info: ModelInfo = decode_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
-        self.requested = provider
         self.provider = self.session.get_providers()[0]
         self.last_ms = 0.0
+        self._binding = self.session.io_binding() if io_binding and self.provider == PROVIDERS["cuda"] else None
 
     @property
     def fell_back(self) -> bool:
-        """True when CUDA was asked for explicitly but the session runs on the CPU."""
+        """True when CUDA was wanted (asked for, or 'auto' with onnxruntime-gpu installed) but the
+        session runs on the CPU: the CUDA libraries failed to load."""
         return self.requested == "cuda" and self.provider != PROVIDERS["cuda"]
+
+    @property
+    def device_name(self) -> str:
+        """'cuda' or 'cpu': where the windows are really computed."""
+        return "cuda" if self.provider == PROVIDERS["cuda"] else "cpu"
 
     def embed(self, waveforms: np.ndarray) -> np.ndarray:
         """[batch, samples] float32 at the model rate -> [batch, D] unit embeddings."""
@@ -89,9 +118,23 @@ class Engine:
         if batch.ndim == 1:
             batch = batch[None, :]
         start = time.perf_counter()
-        (emb,) = self.session.run([EMBEDDING_OUTPUT], {INPUT_NAME: batch})
+        if self._binding is not None:
+            emb = self._run_bound(batch)
+        else:
+            (emb,) = self.session.run([EMBEDDING_OUTPUT], {INPUT_NAME: batch})
         self.last_ms = (time.perf_counter() - start) * 1000.0
         return emb
+
+    def _run_bound(self, batch: np.ndarray) -> np.ndarray:
+        """IO binding: the input is copied to the GPU once and only the embedding comes back
+        (the logits output stays on the device)."""
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_cpu_input(INPUT_NAME, batch)
+        binding.bind_output(EMBEDDING_OUTPUT, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
     def embed_windows(self, windows: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Embed many windows in batches so memory stays bounded on long files."""

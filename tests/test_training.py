@@ -93,7 +93,7 @@ def test_reexport_and_int8_copy(trained_run, tmp_path):
     shutil.copytree(trained_run, run)
     done = spkrec("export", str(run), "--int8", check=True)
     assert "parity" in done.stderr
-    report = json.loads((run / "int8.json").read_text())
+    report = json.loads((run / "precision.json").read_text())
     assert report["int8"]["megabytes"] < report["fp32"]["megabytes"] / 2
     int8 = Engine(run / "model.int8.onnx", provider="cpu")
     assert int8.info.precision == "int8" and int8.info.labels == TRAIN_SPEAKERS

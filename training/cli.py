@@ -29,15 +29,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder to write")
     p.add_argument("--val", type=Path, help="explicit validation folder or CSV (default: a seeded split of DATA)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
-    p.add_argument("--int8", action="store_true", help="also write an int8-quantised model.int8.onnx")
+    _precision_flags(p)
     _train_flags(p)
 
-    p = sub.add_parser("export", parents=[common], help="re-export a run's model (optionally int8)",
-                       description="Write model.onnx again from RUN_DIR/model.pt, with parity check; --int8 adds a "
-                                   "quantised copy and reports its accuracy and speed next to fp32.")
+    p = sub.add_parser("export", parents=[common], help="re-export a run's model (optionally int8 / fp16 copies)",
+                       description="Write model.onnx again from RUN_DIR/model.pt, with parity check; --int8 and "
+                                   "--fp16 add copies and report their accuracy, parity and speed next to fp32.")
     p.add_argument("run_dir", type=Path, help="a folder written by `spkrec train`")
     p.add_argument("--out", type=Path, help="output path (default RUN_DIR/model.onnx)")
-    p.add_argument("--int8", action="store_true", help="also write an int8-quantised copy")
+    _precision_flags(p)
 
     p = sub.add_parser("eval", parents=[common], help="evaluate an ONNX model on labelled audio",
                        description="Closed-set accuracy (per window and per file), confusion matrix, EER and minDCF "
@@ -56,6 +56,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--rebuild", action="store_true", help="train again even if a cached model exists")
     return {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "weights": cmd_weights,
             "default-model": cmd_default_model}
+
+
+def _precision_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic int8, for CPUs)")
+    p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (half precision, for GPUs)")
+
+
+def _precisions(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(name for name in ("int8", "fp16") if getattr(args, name))
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
@@ -80,23 +89,25 @@ def _console() -> Console:
 
 
 def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
-    from .reexport import int8_report
+    from .reexport import precision_report
     from .train import run
 
     result = run(args.data, args.out, cfg, val_data=args.val, resume=args.resume, console=_console())
+    if not result.main:  # another torchrun process: rank 0 reports and exports
+        return 0
     print_metrics(result.metrics, _console())
-    if args.int8:
-        int8_report(result.model_path, args.out, _console())
+    if _precisions(args):
+        precision_report(result.model_path, args.out, _console(), _precisions(args), cfg.model.provider)
     _console().print(f"model written: [bold]{result.model_path}[/]")
     return 0
 
 
 def cmd_export(args: argparse.Namespace, cfg: Config) -> int:
-    from .reexport import int8_report, reexport
+    from .reexport import precision_report, reexport
 
     path = reexport(args.run_dir, args.out, _console())
-    if args.int8:
-        int8_report(path, args.run_dir, _console())
+    if _precisions(args):
+        precision_report(path, args.run_dir, _console(), _precisions(args), cfg.model.provider)
     return 0
 
 

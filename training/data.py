@@ -7,8 +7,10 @@ folder) and a CSV manifest (``path,label``, paths relative to the CSV file).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,13 +82,43 @@ def _from_csv(manifest: Path) -> list[Item]:
     return items
 
 
+def _cache_path(cache: Path, path: Path, rate: int) -> Path:
+    """Keyed by the file's identity and the target rate: an edited or replaced file misses."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{rate}"
+    return cache / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+
+
+def load_cached(path: Path, rate: int, cache: Path | None) -> np.ndarray:
+    """Decoded samples, from the cache when this file was decoded before (memory-mapped, so
+    DataLoader workers and the other DDP ranks share one copy), else decoded and stored."""
+    if cache is None or not path.is_file():
+        return load_audio(path, rate)
+    stored = _cache_path(cache, path, rate)
+    if stored.is_file():
+        try:
+            return np.load(stored, mmap_mode="r")
+        except (OSError, ValueError):  # a damaged entry is decoded again below
+            pass
+    samples = load_audio(path, rate)
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = stored.with_name(f"{stored.stem}.{os.getpid()}.partial.npy")
+    np.save(partial, samples)
+    partial.replace(stored)
+    return np.load(stored, mmap_mode="r")
+
+
 def decode(items: list[Item], rate: int, progress: Callable[[Item], None] | None = None,
-           warn: Callable[[str], None] = print) -> list[Clip]:
-    """Decode every file once; unreadable, empty or silent files are skipped with a warning."""
+           warn: Callable[[str], None] = print, cache: Path | None = None) -> list[Clip]:
+    """Decode every file once; unreadable, empty or silent files are skipped with a warning.
+
+    With ``cache`` (a folder), decoded audio is kept there as float32 .npy, so a resumed run, a
+    second run on the same data and every DDP rank after the first read it instead of decoding.
+    """
     clips, skipped = [], 0
     for item in items:
         try:
-            samples = load_audio(item.path, rate)
+            samples = load_cached(item.path, rate, cache)
             if is_silent(samples):
                 raise AudioError(f"{item.path} is silent")
             clips.append(Clip(item.path, item.label, samples))

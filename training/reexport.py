@@ -19,7 +19,7 @@ from spkrec.models.windows import fit_length
 
 from . import data as datasets
 from .evaluate import embed_clips, evaluate, save_confusion_png
-from .export import check_parity, export_onnx, quantize_int8, speed_ms
+from .export import check_parity, convert_fp16, export_onnx, quantize_int8, speed_ms
 from .network import SpeakerNet
 from .train import build_net
 
@@ -65,28 +65,45 @@ def reexport(run_dir: Path, out: Path | None, console: Console) -> Path:
     return path
 
 
-def int8_report(model_path: Path, run_dir: Path, console: Console) -> Path:
-    """Write model.int8.onnx and compare its accuracy and speed with the fp32 model."""
+def precision_report(model_path: Path, run_dir: Path, console: Console, precisions: tuple[str, ...],
+                     provider: str = "cpu") -> dict:
+    """Write model.<precision>.onnx copies and compare each with fp32 on the run's validation
+    files: accuracy, EER, embedding parity, speed at batch 1 and size. Kept in RUN_DIR/precision.json.
+
+    int8 is measured on the CPU (its purpose); fp16 on ``provider`` (CUDA where it is meant to run;
+    on a CPU, ONNX Runtime runs it through casts, so only its accuracy is meaningful there).
+    """
     fp32 = Engine(model_path, provider="cpu")
-    dst = model_path.with_name(model_path.stem + ".int8.onnx")
-    quantize_int8(model_path, dst, fp32.info)
     clips = _validation_clips(run_dir, fp32.info.sample_rate)
-    table = Table(title="fp32 vs int8 (CPU, validation files)")
-    for column in ("model", "file acc", "window acc", "EER (pairs)", "ms/window (b=1)", "MB"):
+    windows = np.stack([fit_length(c.samples, fp32.info.window_samples) for c in clips[:16]])
+    paths = {"fp32": model_path}
+    for precision in precisions:
+        dst = model_path.with_name(f"{model_path.stem}.{precision}.onnx")
+        (quantize_int8 if precision == "int8" else convert_fp16)(model_path, dst, fp32.info)
+        paths[precision] = dst
+    table = Table(title="precision copies vs fp32 (validation files)")
+    for column in ("model", "provider", "file acc", "window acc", "EER (pairs)", "min cos to fp32",
+                   "ms/window (b=1)", "MB"):
         table.add_column(column, justify="right")
+    reference = fp32.embed(windows)
     report = {}
-    for name, path in (("fp32", model_path), ("int8", dst)):
-        metrics = _evaluate(Engine(path, provider="cpu"), clips)
-        ms = speed_ms(path, fp32.info.window_samples)
-        report[name] = {"file_accuracy": metrics.get("file_accuracy"), "window_accuracy": metrics.get("window_accuracy"),
-                        "eer": metrics.get("file_pairs", {}).get("eer"), "ms_per_window": ms,
-                        "megabytes": path.stat().st_size / 1e6}
+    for name, path in paths.items():
+        where = "cpu" if name == "int8" else provider
+        engine = Engine(path, provider=where)
+        metrics = _evaluate(engine, clips)
+        cosine = float(np.min(np.sum(engine.embed(windows) * reference, axis=1)))
+        ms = speed_ms(path, fp32.info.window_samples, provider=where)
+        report[name] = {"provider": engine.provider, "file_accuracy": metrics.get("file_accuracy"),
+                        "window_accuracy": metrics.get("window_accuracy"),
+                        "eer": metrics.get("file_pairs", {}).get("eer"), "min_cosine_to_fp32": cosine,
+                        "ms_per_window": ms, "megabytes": path.stat().st_size / 1e6}
         r = report[name]
-        table.add_row(name, _pct(r["file_accuracy"]), _pct(r["window_accuracy"]), _pct(r["eer"]), f"{ms:.1f}",
+        table.add_row(name, engine.provider.replace("ExecutionProvider", ""), _pct(r["file_accuracy"]),
+                      _pct(r["window_accuracy"]), _pct(r["eer"]), f"{cosine:.4f}", f"{ms:.1f}",
                       f"{r['megabytes']:.0f}")
     console.print(table)
-    (run_dir / "int8.json").write_text(json.dumps(report, indent=1))
-    return dst
+    (run_dir / "precision.json").write_text(json.dumps(report, indent=1))
+    return report
 
 
 def _pct(value) -> str:

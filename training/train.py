@@ -28,11 +28,13 @@ from spkrec.models.scoring import normalize
 from spkrec.models.windows import fit_length
 
 from . import data as datasets
-from . import pretrained
+from . import distributed, pretrained
 from .augment import Augmenter
 from .evaluate import Embedded, embed_clips, evaluate, prototypes, save_confusion_png
 from .export import check_parity, export_onnx
+from .distributed import Group
 from .features import SpecAugment
+from .loader import auto_workers, batch_loader
 from .network import MarginLoss, SpeakerNet
 
 CHECKPOINT = "checkpoint.pt"
@@ -43,6 +45,7 @@ class RunResult:
     run_dir: Path
     model_path: Path
     metrics: dict
+    main: bool = True
 
 
 def choose_device(name: str) -> torch.device:
@@ -53,12 +56,15 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed every generator. On CUDA, cuDNN may pick its fastest kernels for the fixed crop
+    shape (runs there are reproducible in their statistics, not bit for bit); on CPU, exactly."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    fast = device.type == "cuda"
+    torch.backends.cudnn.benchmark = fast
+    torch.backends.cudnn.deterministic = not fast
 
 
 def build_net(n_speakers: int, t: TrainConfig) -> SpeakerNet:
@@ -88,14 +94,10 @@ def lr_factor(step: int, total: int, t: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _batch_tensor(clips: list[datasets.Clip], batch: list[tuple[int, int]], window: int) -> np.ndarray:
-    return np.stack([fit_length(clips[i].samples[o : o + window], window) for i, o in batch])
-
-
 def _embedder(net: SpeakerNet, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
     def embed(windows: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return net(torch.from_numpy(windows).to(device))[0].float().cpu().numpy()
+            return net(torch.from_numpy(np.ascontiguousarray(windows)).to(device))[0].float().cpu().numpy()
     return embed
 
 
@@ -105,101 +107,192 @@ def _save_atomically(obj: dict, path: Path) -> None:
     partial.replace(path)
 
 
+class Trainer:
+    """The network, optimiser and loop of one run, on this process's share of every batch.
+
+    Under torchrun each rank takes every world_size-th crop of the same seeded global batch,
+    so ``train.batch_size`` is the global batch and the step count, schedule and learning
+    rate mean what they mean in a one-process run.
+    """
+
+    def __init__(self, cfg: Config, train_clips: list[datasets.Clip], labels: list[str], group: Group,
+                 device: torch.device, log: Callable[[str], None]) -> None:
+        t = self.t = cfg.train
+        if t.batch_size % group.world_size:
+            raise DataError(f"train.batch_size {t.batch_size} must divide evenly among {group.world_size} "
+                            "processes (it is the global batch)")
+        self.cfg, self.clips, self.labels, self.group, self.device = cfg, train_clips, labels, group, device
+        self.window = int(round(t.window_s * t.sample_rate))
+        self.label_index = {label: i for i, label in enumerate(labels)}
+        net = build_net(len(labels), t)
+        self.source = load_backbone(net, t.pretrained, cfg.cache_dir(), log)
+        net.freeze(t.freeze_layers)
+        self.net = net.to(device).to(memory_format=torch.channels_last)
+        self.model = self.net
+        if group.active:
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.trainable = [p for p in self.net.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=t.lr, weight_decay=t.weight_decay)
+        self.per_epoch = datasets.steps_per_epoch(train_clips, self.window, t.batch_size)
+        self.epochs = datasets.epochs_needed(t.epochs, t.min_steps, self.per_epoch)
+        self.total = self.epochs * self.per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.total, t))
+        self.loss_fn = MarginLoss(t.aam_margin, t.aam_scale) if t.loss == "aam" else torch.nn.CrossEntropyLoss()
+        self.augmenter = Augmenter(t.augment, t.sample_rate, t.seed + group.rank, device)
+        self.use_amp = t.amp and device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.workers = auto_workers(t.workers, device, group.world_size)
+
+    def _loader(self, epoch: int):
+        mine = [b[self.group.rank :: self.group.world_size]
+                for b in datasets.epoch_batches(self.clips, self.window, self.t.batch_size, self.t.seed, epoch)]
+        return batch_loader(self.clips, mine, self.window, self.label_index, self.workers, self.device)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """One optimisation step; returns (summed loss, correct) over this rank's crops."""
+        x = self.augmenter(x)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            _, logits = self.model(x)
+            loss = self.loss_fn(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.t.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.item() * len(y), int((logits.argmax(dim=1) == y).sum())
+
+    def train_epoch(self, epoch: int, on_step: Callable[[str], None] = lambda stats: None,
+                    max_steps: int | None = None) -> dict:
+        """One pass over the training audio; the share of wall time spent waiting for the next
+        batch (loading and the host-to-GPU copy) is measured alongside the throughput."""
+        self.model.train()
+        seen = correct = 0
+        loss_sum = waited = 0.0
+        started = time.perf_counter()
+        batches = iter(self._loader(epoch))
+        for steps in range(max_steps if max_steps is not None else self.per_epoch):
+            ask = time.perf_counter()
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            waited += time.perf_counter() - ask
+            step_loss, step_correct = self.step(x, y)
+            seen, correct, loss_sum = seen + len(y), correct + step_correct, loss_sum + step_loss
+            elapsed = time.perf_counter() - started
+            on_step(f"epoch {epoch + 1}/{self.epochs} loss {loss_sum / seen:.3f} acc {correct / seen:.2f} "
+                    f"{seen * self.group.world_size / elapsed:.0f} samples/s, data wait {waited / elapsed:.0%}")
+        elapsed = time.perf_counter() - started
+        seen_all, correct_all, loss_all, wait_all = distributed.total([seen, correct, loss_sum, waited / elapsed],
+                                                                      self.group, self.device)
+        return {"epoch": epoch + 1, "loss": loss_all / max(seen_all, 1), "accuracy": correct_all / max(seen_all, 1),
+                "samples_per_s": seen_all / elapsed, "data_wait_share": wait_all / self.group.world_size,
+                "seconds": elapsed}
+
+    def save_checkpoint(self, path: Path, epoch: int) -> None:
+        _save_atomically({"epoch": epoch, "labels": self.labels, "model": self.net.state_dict(),
+                          "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                          "augment_rng": self.augmenter.generator.get_state()}, path)
+
+    def restore(self, path: Path) -> int:
+        return _restore(path, self.labels, self.net, self.optimizer, self.scheduler,
+                        self.augmenter if self.group.main else None)
+
+
+def _decode_all(data: Path, val_data: Path | None, cfg: Config, group: Group, console: Console,
+                warn: Callable[[str], None]) -> tuple[list[datasets.Clip], list[datasets.Clip]]:
+    """Decode (rank 0 first, filling the cache the other ranks then read) and split."""
+    t = cfg.train
+    cache = cfg.cache_dir() / "decoded" if t.cache_audio else None
+    clips = val_clips = None
+    for turn in (True, False):  # the main rank's turn, then everyone else's
+        if group.main == turn:
+            quiet = (lambda msg: None) if not group.main else warn
+            with console.status(f"decoding {data} ..."):
+                clips = datasets.decode(datasets.discover(data), t.sample_rate, warn=quiet, cache=cache)
+                datasets.require_speakers(clips)
+                if val_data is not None:
+                    val_clips = datasets.decode(datasets.discover(val_data), t.sample_rate, warn=quiet, cache=cache)
+        distributed.barrier(group)
+    if val_data is not None:
+        return clips, val_clips
+    return datasets.split(clips, t.val_fraction, t.seed)
+
+
 def run(data: Path, run_dir: Path, cfg: Config, val_data: Path | None = None, resume: bool = False,
         console: Console | None = None) -> RunResult:
-    console = console or Console(stderr=True)
+    """Train, then (on the main process only) evaluate and export. Under torchrun, the other
+    ranks return a result with ``main`` false and nothing written."""
     t = cfg.train
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(t.seed)
-    rate, window = t.sample_rate, int(round(t.window_s * t.sample_rate))
-    warn = lambda msg: console.print(f"[yellow]{msg}[/]")  # noqa: E731
+    group = distributed.join(t.device)
+    try:
+        return _run(data, run_dir, cfg, val_data, resume, console or Console(stderr=True), group)
+    finally:
+        distributed.leave(group)
 
-    with console.status(f"decoding {data} ..."):
-        clips = datasets.decode(datasets.discover(data), rate, warn=warn)
-        datasets.require_speakers(clips)
-        if val_data is not None:
-            train_clips, val_clips = clips, datasets.decode(datasets.discover(val_data), rate, warn=warn)
-        else:
-            train_clips, val_clips = datasets.split(clips, t.val_fraction, t.seed)
+
+def _run(data: Path, run_dir: Path, cfg: Config, val_data: Path | None, resume: bool, console: Console,
+         group: Group) -> RunResult:
+    t = cfg.train
+    if not group.main:
+        console = Console(stderr=True, quiet=True)
+    device = distributed.device_for(group, choose_device(t.device))
+    seed_everything(t.seed, device)
+    warn = lambda msg: console.print(f"[yellow]{msg}[/]")  # noqa: E731
+    if group.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    train_clips, val_clips = _decode_all(data, val_data, cfg, group, console, warn)
     labels = datasets.require_speakers(train_clips)
-    datasets.write_split(run_dir / "split.json", train_clips, val_clips)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    label_index = {label: i for i, label in enumerate(labels)}
-    train_summary = datasets.summary(train_clips, rate)
+    train_summary = datasets.summary(train_clips, t.sample_rate)
+    if group.main:
+        datasets.write_split(run_dir / "split.json", train_clips, val_clips)
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     console.print(f"data: {train_summary['speakers']} speakers, {train_summary['files']} training files "
                   f"({train_summary['seconds'] / 60:.1f} min), {len(val_clips)} validation files")
 
-    device = choose_device(t.device)
-    net = build_net(len(labels), t)
-    source = load_backbone(net, t.pretrained, cfg.cache_dir(), console.print)
-    net.freeze(t.freeze_layers)
-    net = net.to(device).to(memory_format=torch.channels_last)
-    trainable = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
-    per_epoch = datasets.steps_per_epoch(train_clips, window, t.batch_size)
-    epochs = datasets.epochs_needed(t.epochs, t.min_steps, per_epoch)
-    total = epochs * per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, t))
-    loss_fn = MarginLoss(t.aam_margin, t.aam_scale) if t.loss == "aam" else torch.nn.CrossEntropyLoss()
-    augmenter = Augmenter(t.augment, rate, t.seed, device)
-    use_amp = t.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
+    trainer = Trainer(cfg, train_clips, labels, group, device, console.print)
+    if group.active:
+        console.print(f"distributed: {group.world_size} processes ({group.backend}), "
+                      f"{t.batch_size // group.world_size} crops each per step")
     start_epoch = 0
     checkpoint = run_dir / CHECKPOINT
     if resume:
-        start_epoch = _restore(checkpoint, labels, net, optimizer, scheduler, augmenter)
-        console.print(f"resuming after epoch {start_epoch} of {epochs}")
-    if epochs != t.epochs:
-        console.print(f"{t.epochs} epochs would be only {t.epochs * per_epoch} steps: training {epochs} epochs "
-                      f"({total} steps of {t.batch_size}) to reach train.min_steps = {t.min_steps}")
+        start_epoch = trainer.restore(checkpoint)
+        console.print(f"resuming after epoch {start_epoch} of {trainer.epochs}")
+    if trainer.epochs != t.epochs:
+        console.print(f"{t.epochs} epochs would be only {t.epochs * trainer.per_epoch} steps: training "
+                      f"{trainer.epochs} epochs ({trainer.total} steps of {t.batch_size}) to reach "
+                      f"train.min_steps = {t.min_steps}")
 
     history = []
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("train", total=total, completed=start_epoch * per_epoch, stats="")
-        for epoch in range(start_epoch, epochs):
-            net.train()
-            seen = correct = 0
-            loss_sum = 0.0
-            started = time.perf_counter()
-            for batch in datasets.epoch_batches(train_clips, window, t.batch_size, t.seed, epoch):
-                x = torch.from_numpy(_batch_tensor(train_clips, batch, window)).to(device, non_blocking=True)
-                y = torch.tensor([label_index[train_clips[i].label] for i, _ in batch], device=device)
-                x = augmenter(x)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    _, logits = net(x)
-                    loss = loss_fn(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if t.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                seen += len(batch)
-                correct += int((logits.argmax(dim=1) == y).sum())
-                loss_sum += loss.item() * len(batch)
-                rate_now = seen / (time.perf_counter() - started)
-                progress.update(task, advance=1, stats=f"epoch {epoch + 1}/{epochs} loss {loss_sum / seen:.3f} "
-                                f"acc {correct / seen:.2f} {rate_now:.1f} samples/s")
-            history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
-                            "samples_per_s": seen / (time.perf_counter() - started)})
-            _save_atomically({"epoch": epoch + 1, "labels": labels, "model": net.state_dict(),
-                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                              "augment_rng": augmenter.generator.get_state()}, checkpoint)
+    with Progress(*columns, console=console, transient=False, disable=not group.main) as progress:
+        task = progress.add_task("train", total=trainer.total, completed=start_epoch * trainer.per_epoch, stats="")
+        for epoch in range(start_epoch, trainer.epochs):
+            stats = trainer.train_epoch(epoch, lambda text: progress.update(task, advance=1, stats=text))
+            history.append(stats)
+            if group.main:  # one writer: the checkpoint is written once, not once per rank
+                trainer.save_checkpoint(checkpoint, epoch + 1)
             if not console.is_terminal:
-                console.print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.3f} "
-                              f"acc {history[-1]['accuracy']:.3f} {history[-1]['samples_per_s']:.1f} samples/s")
-
-    return finish(net, device, run_dir, cfg, labels, train_clips, val_clips, train_summary, source, history,
-                  total, console)
+                console.print(f"epoch {epoch + 1}/{trainer.epochs}: loss {stats['loss']:.3f} "
+                              f"acc {stats['accuracy']:.3f} {stats['samples_per_s']:.1f} samples/s, "
+                              f"data wait {stats['data_wait_share']:.0%}")
+    distributed.barrier(group)
+    if not group.main:
+        return RunResult(run_dir, run_dir / "model.onnx", {}, main=False)
+    return finish(trainer.net, device, run_dir, cfg, labels, train_clips, val_clips, train_summary,
+                  trainer.source, history, trainer.total, console, group)
 
 
 def _restore(checkpoint: Path, labels: list[str], net, optimizer, scheduler, augmenter) -> int:
+    """Load a checkpoint into this process; ``augmenter`` None keeps this rank's own noise stream."""
     if not checkpoint.is_file():
         raise DataError(f"--resume: no checkpoint in {checkpoint.parent}")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -211,7 +304,8 @@ def _restore(checkpoint: Path, labels: list[str], net, optimizer, scheduler, aug
                         f"unexpected {unexpected[:3]})")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    augmenter.generator.set_state(state["augment_rng"])
+    if augmenter is not None:
+        augmenter.generator.set_state(state["augment_rng"])
     return int(state["epoch"])
 
 
@@ -225,7 +319,7 @@ def center(net: SpeakerNet, embedded: list[Embedded]) -> list[Embedded]:
 
 def finish(net: SpeakerNet, device: torch.device, run_dir: Path, cfg: Config, labels: list[str],
            train_clips: list[datasets.Clip], val_clips: list[datasets.Clip], train_summary: dict,
-           source: str, history: list[dict], steps: int, console: Console) -> RunResult:
+           source: str, history: list[dict], steps: int, console: Console, group: Group = Group()) -> RunResult:
     """Prototypes, evaluation, calibrated thresholds, ONNX export with parity, metrics on disk."""
     t = cfg.train
     window = int(round(t.window_s * t.sample_rate))
@@ -242,6 +336,7 @@ def finish(net: SpeakerNet, device: torch.device, run_dir: Path, cfg: Config, la
         calibration_set = "training (no validation files)"
         metrics["thresholds"] = evaluate(train_embedded, labels, protos)["thresholds"]  # >= 2 speakers: always set
     metrics.update(pretrained=source, calibrated_on=calibration_set, history=history,
+                   processes={"world_size": group.world_size, "backend": group.backend or "none", "device": str(device)},
                    recipe={k: v for k, v in dataclasses.asdict(t).items() if k != "augment"},
                    augment=dataclasses.asdict(t.augment), train_data=train_summary)
 

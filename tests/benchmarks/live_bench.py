@@ -73,13 +73,20 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on; torch's version is read without importing it."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown")
-    try:
-        torch_version = importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        torch_version = None
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "onnxruntime": importlib.metadata.version("onnxruntime"),
-            "torch": torch_version}
+            "python": platform.python_version(), "onnxruntime": _version("onnxruntime", "onnxruntime-gpu"),
+            "torch": _version("torch")}
+
+
+def _version(*names: str) -> str | None:
+    """The installed version of the first of these distributions present (onnxruntime-gpu
+    installs the same package as onnxruntime under another name)."""
+    for name in names:
+        try:
+            return f"{name} {importlib.metadata.version(name)}" if len(names) > 1 else importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def conversation(seconds: float, rate: int, cache_dir: Path) -> np.ndarray:

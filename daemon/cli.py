@@ -185,11 +185,9 @@ def cmd_label(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _engine(args: argparse.Namespace, cfg: Config):
-    from spkrec.models.engine import Engine
+    from .default_model import open_engine
 
-    from .default_model import ensure_model
-
-    return Engine(ensure_model(cfg, Console(stderr=True), args.config), cfg.model.provider, cfg.model.threads)
+    return open_engine(cfg, Console(stderr=True), args.config)
 
 
 def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from spkrec.models.config import Config
+from spkrec.models.engine import Engine
 from spkrec.models.errors import ModelError
 
 
@@ -34,3 +35,14 @@ def ensure_model(cfg: Config, console: Console, config_path: Path | None = None)
     if done.returncode != 0 or not default.is_file():
         raise ModelError("could not build the default model (see above); pass --model PATH to use your own")
     return default
+
+
+def open_engine(cfg: Config, console: Console, config_path: Path | None = None) -> Engine:
+    """The inference session every command uses, with a visible warning when CUDA was wanted
+    but the session runs on the CPU (onnxruntime-gpu installed, CUDA libraries not loadable)."""
+    engine = Engine(ensure_model(cfg, console, config_path), cfg.model.provider, cfg.model.threads,
+                    io_binding=cfg.model.io_binding)
+    if engine.fell_back:
+        console.print(f"[bold yellow]warning: CUDA was wanted but ONNX Runtime runs the model on "
+                      f"{engine.provider} (are the CUDA 13 / cuDNN 9 libraries installed? README, GPU)[/]")
+    return engine

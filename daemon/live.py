@@ -12,12 +12,11 @@ from rich.table import Table
 
 from spkrec.models.config import Config
 from spkrec.models.democorpus import build_corpus
-from spkrec.models.engine import Engine
 from spkrec.models.errors import DeviceError
 from spkrec.models.gallery import Gallery
 
 from .decisions import Decider, DeciderSettings
-from .default_model import ensure_model
+from .default_model import open_engine
 from .devices import resolve
 from .door import DoorSink
 from .meeting import Meeting, summary
@@ -58,9 +57,7 @@ def build_source(args: argparse.Namespace, cfg: Config, rate: int, console: Cons
 
 def run_live(args: argparse.Namespace, cfg: Config) -> int:
     console = Console(stderr=True)
-    engine = Engine(ensure_model(cfg, console, args.config), cfg.model.provider, cfg.model.threads)
-    if engine.fell_back:
-        console.print(f"[bold yellow]warning: CUDA was asked for but the model runs on {engine.provider}[/]")
+    engine = open_engine(cfg, console, args.config)
     engine.warm_up()
     info = engine.info
     window_s = cfg.stream.window_s or info.window_s

@@ -35,6 +35,7 @@ class ModelConfig:
     path: str = _opt("")
     provider: str = _opt("auto", choices=("auto", "cpu", "cuda"))
     threads: int = _opt(0, lo=0, hi=256)
+    io_binding: bool = _opt(False)
 
 
 @dataclass

@@ -257,16 +257,22 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     result: dict[str, Any] = {"machine": gpu_machine(), "command": " ".join(sys.argv)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after each stage, so a stage that fails leaves the earlier figures
+        args.out.write_text(json.dumps(result, indent=1))
+
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or Path(tmp) / "run"
         log("training run")
         result["train_run"] = train_run(args.data, args.val, run, args.steps, args.quick)
+        save()
         log(f"training run done: {result['train_run']['seconds']} s")
         result["inference"] = inference(run, args.val, args.quick)
+        save()
         batches = [int(b) for b in args.batches.split(",")]
         result["training"] = training_throughput(args.data, batches, 4 if args.quick else 30, args.quick)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+        save()
     print(report(result))
 
 

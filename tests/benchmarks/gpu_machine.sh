@@ -15,6 +15,7 @@ SITE=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "== install: onnxruntime-gpu in place of the image's CPU onnxruntime (never both)"
 python3 -m pip uninstall -q -y onnxruntime || true
 cat "$STASH"/part0* | xz -d | tar -x -C "$SITE"
+# soundfile, soxr, webrtcvad-wheels, sounddevice, pyfiglet, cffi, pycparser; setuptools/wheel to build spkrec.
 python3 -m pip install -q --no-index --no-deps --no-compile "$STASH"/wheels/*.whl
 python3 -m pip install -q --no-index --no-deps --no-build-isolation .
 python3 -c 'import onnxruntime as ort; ort.preload_dlls(); print(ort.__version__, ort.get_available_providers())'
@@ -28,7 +29,7 @@ echo "train speakers: $(ls /tmp/data/train | wc -l), val speakers: $(ls /tmp/dat
 
 echo "== benchmark"
 python3 tests/benchmarks/gpu_bench.py --data /tmp/data/train --val /tmp/data/val --run /tmp/run \
-    --out "$OUT/gpu.json" --steps 600 2>&1 | tee "$OUT/bench.log"
+    --out "$OUT/gpu.json" --steps 600 2>&1 | tee "$OUT/bench.log" || echo "benchmark FAILED"
 
 echo "== torchrun, NCCL, one GPU"
 torchrun --standalone --nproc-per-node 1 --no-python spkrec train /tmp/data/val --val /tmp/data/val \

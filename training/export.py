@@ -22,7 +22,7 @@ from spkrec.models.artifact import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, 
 from spkrec.models.engine import Engine
 from spkrec.models.errors import ModelError
 
-from .network import SpeakerNet
+from .network import HalfPrecision, SpeakerNet
 
 PARITY_TOLERANCE = 1e-3
 OPSET = 17
@@ -47,7 +47,7 @@ def _save_atomically(model: onnx.ModelProto, path: Path) -> None:
     partial.replace(path)
 
 
-def export_onnx(net: SpeakerNet, info: ModelInfo, path: Path) -> ModelInfo:
+def export_onnx(net: SpeakerNet | HalfPrecision, info: ModelInfo, path: Path) -> ModelInfo:
     """Trace the eval-mode network on CPU to ONNX and stamp its metadata; returns the stamped info."""
     net = net.to("cpu").eval()
     dummy = torch.zeros(2, info.window_samples)
@@ -99,23 +99,6 @@ def quantize_int8(src: Path, dst: Path, info: ModelInfo) -> ModelInfo:
         quantized = onnx.load(str(out))
     info = _stamp(quantized, dataclasses.replace(info, precision="int8"))
     _save_atomically(quantized, dst)
-    return info
-
-
-def convert_fp16(src: Path, dst: Path, info: ModelInfo) -> ModelInfo:
-    """Half-precision backbone and head for GPUs; the front end stays float32.
-
-    Mel power of a loud window overflows fp16's 65504 before the log, and the fixed Fourier
-    basis gains nothing from halving. Inputs and outputs stay float32, so callers do not change.
-    Uses ONNX Runtime's own converter (onnxruntime.transformers.float16), no extra package.
-    """
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx.load(str(src))
-    frontend = [n.name for n in model.graph.node if n.name.startswith("/frontend/")]
-    half = convert_float_to_float16(model, keep_io_types=True, node_block_list=frontend)
-    info = _stamp(half, dataclasses.replace(info, precision="fp16"))
-    _save_atomically(half, dst)
     return info
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -43,8 +44,14 @@ class SpeakerNet(nn.Module):
     def features(self, waveform: torch.Tensor) -> torch.Tensor:
         return self.spec_augment(self.frontend(waveform))[:, None]  # [B, 1, mels, frames]
 
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """The heavy part: ResNet50 and the embedding layer (what fp16 export halves)."""
+        return self.embed(self.backbone(features))
+
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = self.embed(self.backbone(self.features(waveform)))
+        return self.outputs(self.encode(self.features(waveform)))
+
+    def outputs(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         unit = nn.functional.normalize(raw, dim=-1)
         embedding = nn.functional.normalize(unit - self.center, dim=-1)
         if self.head == "aam":
@@ -61,6 +68,20 @@ class SpeakerNet(nn.Module):
         for module in modules:
             for p in module.parameters():
                 p.requires_grad_(False)
+
+
+class HalfPrecision(nn.Module):
+    """A copy of a trained network with an fp16 ResNet and embedding layer between the float32
+    front end (mel power overflows fp16 before the log) and float32 scoring; for GPU export."""
+
+    def __init__(self, net: SpeakerNet) -> None:
+        super().__init__()
+        self.net = copy.deepcopy(net).eval()
+        self.net.backbone.half()
+        self.net.embed.half()
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.outputs(self.net.encode(self.net.features(waveform).half()).float())
 
 
 class MarginLoss(nn.Module):

@@ -19,8 +19,8 @@ from spkrec.models.windows import fit_length
 
 from . import data as datasets
 from .evaluate import embed_clips, evaluate, save_confusion_png
-from .export import check_parity, convert_fp16, export_onnx, quantize_int8, speed_ms
-from .network import SpeakerNet
+from .export import check_parity, export_onnx, quantize_int8, speed_ms
+from .network import HalfPrecision, SpeakerNet
 from .train import build_net
 
 
@@ -79,7 +79,10 @@ def precision_report(model_path: Path, run_dir: Path, console: Console, precisio
     paths = {"fp32": model_path}
     for precision in precisions:
         dst = model_path.with_name(f"{model_path.stem}.{precision}.onnx")
-        (quantize_int8 if precision == "int8" else convert_fp16)(model_path, dst, fp32.info)
+        if precision == "int8":
+            quantize_int8(model_path, dst, fp32.info)
+        else:  # traced from the run's network rather than converted graph-side: see HalfPrecision
+            export_onnx(HalfPrecision(load_run(run_dir)[0]), dataclasses.replace(fp32.info, precision="fp16"), dst)
         paths[precision] = dst
     table = Table(title="precision copies vs fp32 (validation files)")
     for column in ("model", "provider", "file acc", "window acc", "EER (pairs)", "min cos to fp32",

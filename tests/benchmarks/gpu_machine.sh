@@ -38,7 +38,8 @@ python3 -c 'import json; print("processes:", json.load(open("/tmp/ddp/metrics.js
 
 echo "== provider reported by the daemon"
 first=$(ls /tmp/data/val/*/* | head -1)
-spkrec-live --model /tmp/run/model.onnx --provider cuda --input "$first" --fast --no-ui --events - \
-    | grep -m1 '"listening"' | cut -c1-400 || true
+spkrec-live --model /tmp/run/model.onnx --provider cuda --input "$first" --fast --no-ui --events /tmp/events.jsonl
+grep -m1 '"listening"' /tmp/events.jsonl | cut -c1-400
 echo "-- with the GPU hidden (CUDA wanted, CPU used):"
-CUDA_VISIBLE_DEVICES= spkrec identify "$first" --model /tmp/run/model.onnx --provider cuda 2>&1 | head -3 || true
+CUDA_VISIBLE_DEVICES= spkrec identify "$first" --model /tmp/run/model.onnx --provider cuda > /tmp/hidden.log 2>&1 || true
+grep -i -E "warning|spkrec:|falling back" /tmp/hidden.log | cut -c1-300

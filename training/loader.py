@@ -19,22 +19,37 @@ from spkrec.models.windows import fit_length
 from . import data as datasets
 
 
-class CropBatches(Dataset):
-    """Item i is the i-th (waveforms [B, window], labels [B]) batch of one epoch, for one rank."""
+class RunBatches(Dataset):
+    """Item k is step k of the run (from ``first_epoch`` on): this rank's share of that step's
+    seeded global batch, as waveforms [b, window] and labels [b].
 
-    def __init__(self, clips: list[datasets.Clip], batches: list[list[tuple[int, int]]], window: int,
-                 label_index: dict[str, int]) -> None:
-        self.clips, self.batches, self.window = clips, batches, window
+    One dataset spans every epoch, so one DataLoader — and one set of worker processes — serves
+    the whole run: workers started per epoch cost seconds that a short epoch on a fast GPU notices.
+    Each worker recomputes an epoch's batch plan from (seed, epoch) when it first needs it.
+    """
+
+    def __init__(self, clips: list[datasets.Clip], window: int, batch_size: int, seed: int,
+                 label_index: dict[str, int], first_epoch: int, epochs: int, rank: int = 0, world_size: int = 1) -> None:
+        self.clips, self.window, self.batch_size, self.seed = clips, window, batch_size, seed
+        self.first_epoch, self.epochs, self.rank, self.world_size = first_epoch, epochs, rank, world_size
+        self.per_epoch = datasets.steps_per_epoch(clips, window, batch_size)
         self.labels = np.array([label_index[c.label] for c in clips], dtype=np.int64)
+        self._plan: tuple[int, list] = (-1, [])
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return max(0, self.epochs - self.first_epoch) * self.per_epoch
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.batches[i]
+    def _batch(self, k: int) -> list[tuple[int, int]]:
+        epoch, index = divmod(k, self.per_epoch)
+        epoch += self.first_epoch
+        if self._plan[0] != epoch:
+            self._plan = (epoch, list(datasets.epoch_batches(self.clips, self.window, self.batch_size, self.seed, epoch)))
+        return self._plan[1][index][self.rank :: self.world_size]
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self._batch(k)
         x = np.stack([fit_length(np.asarray(self.clips[c].samples[o : o + self.window]), self.window) for c, o in batch])
-        y = self.labels[[c for c, _ in batch]]
-        return torch.from_numpy(x), torch.from_numpy(y)
+        return torch.from_numpy(x), torch.from_numpy(self.labels[[c for c, _ in batch]])
 
 
 def auto_workers(requested: int, device: torch.device, world_size: int) -> int:
@@ -54,12 +69,11 @@ def auto_workers(requested: int, device: torch.device, world_size: int) -> int:
     return max(1, min(8, cpus // max(1, world_size) - 1))
 
 
-def batch_loader(clips: list[datasets.Clip], batches: list[list[tuple[int, int]]], window: int,
-                 label_index: dict[str, int], workers: int, device: torch.device) -> DataLoader:
-    """One epoch's batches, prepared ahead by ``workers`` processes (0 = in this process)."""
-    return DataLoader(CropBatches(clips, batches, window, label_index), batch_size=None, shuffle=False,
-                      num_workers=workers, pin_memory=device.type == "cuda",
-                      prefetch_factor=4 if workers else None, multiprocessing_context=_context(workers))
+def batch_loader(batches: RunBatches, workers: int, device: torch.device) -> DataLoader:
+    """The run's batches, prepared ahead by ``workers`` processes (0 = in this process)."""
+    return DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                      multiprocessing_context=_context(workers))
 
 
 def _context(workers: int):

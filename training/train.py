@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from .evaluate import Embedded, embed_clips, evaluate, prototypes, save_confusio
 from .export import check_parity, export_onnx
 from .distributed import Group
 from .features import SpecAugment
-from .loader import auto_workers, batch_loader
+from .loader import RunBatches, auto_workers, batch_loader
 from .network import MarginLoss, SpeakerNet
 
 CHECKPOINT = "checkpoint.pt"
@@ -145,10 +145,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.workers = auto_workers(t.workers, device, group.world_size)
 
-    def _loader(self, epoch: int):
-        mine = [b[self.group.rank :: self.group.world_size]
-                for b in datasets.epoch_batches(self.clips, self.window, self.t.batch_size, self.t.seed, epoch)]
-        return batch_loader(self.clips, mine, self.window, self.label_index, self.workers, self.device)
+    def batches(self, first_epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches from ``first_epoch`` to the end of the run, from one DataLoader."""
+        plan = RunBatches(self.clips, self.window, self.t.batch_size, self.t.seed, self.label_index, first_epoch,
+                          self.epochs, self.group.rank, self.group.world_size)
+        return iter(batch_loader(plan, self.workers, self.device))
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         """One optimisation step; returns (summed loss, correct) over this rank's crops."""
@@ -166,15 +167,14 @@ class Trainer:
         self.scheduler.step()
         return loss.item() * len(y), int((logits.argmax(dim=1) == y).sum())
 
-    def train_epoch(self, epoch: int, on_step: Callable[[str], None] = lambda stats: None,
-                    max_steps: int | None = None) -> dict:
+    def train_epoch(self, epoch: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                    on_step: Callable[[str], None] = lambda stats: None, max_steps: int | None = None) -> dict:
         """One pass over the training audio; the share of wall time spent waiting for the next
         batch (loading and the host-to-GPU copy) is measured alongside the throughput."""
         self.model.train()
         seen = correct = 0
         loss_sum = waited = 0.0
         started = time.perf_counter()
-        batches = iter(self._loader(epoch))
         for steps in range(max_steps if max_steps is not None else self.per_epoch):
             ask = time.perf_counter()
             try:
@@ -275,8 +275,9 @@ def _run(data: Path, run_dir: Path, cfg: Config, val_data: Path | None, resume: 
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False, disable=not group.main) as progress:
         task = progress.add_task("train", total=trainer.total, completed=start_epoch * trainer.per_epoch, stats="")
+        batches = trainer.batches(start_epoch)
         for epoch in range(start_epoch, trainer.epochs):
-            stats = trainer.train_epoch(epoch, lambda text: progress.update(task, advance=1, stats=text))
+            stats = trainer.train_epoch(epoch, batches, lambda text: progress.update(task, advance=1, stats=text))
             history.append(stats)
             if group.main:  # one writer: the checkpoint is written once, not once per rank
                 trainer.save_checkpoint(checkpoint, epoch + 1)

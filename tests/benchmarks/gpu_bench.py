@@ -108,13 +108,15 @@ def training_throughput(data: Path, batches: list[int], steps: int, quick: bool)
         trainer = Trainer(c, clips * repeat, labels, Group(), device, log)
         n_workers = trainer.workers
         try:
-            trainer.train_epoch(0, max_steps=3)  # cuDNN autotuning, allocator growth, worker start
-            stats = trainer.train_epoch(1, max_steps=steps)
+            batches = trainer.batches(0)
+            trainer.train_epoch(0, batches, max_steps=3)  # cuDNN autotuning, allocator growth, worker start
+            stats = trainer.train_epoch(1, batches, max_steps=steps)
         except torch.OutOfMemoryError:
             rows.append({"batch": batch, "workers": n_workers, "error": "out of memory"})
             break
         finally:
             peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+            batches = None  # stops this size's worker processes
             del trainer
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -228,7 +230,7 @@ def inference(run: Path, val: Path, quick: bool) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> str:
     lines = ["| system | batch 1 p50 / p95 ms | windows/s, larger batches |", "|---|---|---|"]
-    for row in result["inference"]["rows"]:
+    for row in result.get("inference", {}).get("rows", []):
         if "error" in row:
             lines.append(f"| {row['system']} | {row['error']} | |")
             continue
@@ -254,6 +256,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="steps of the real training run")
     parser.add_argument("--batches", default="32,64,128,256,512", help="training batch sizes to time")
     parser.add_argument("--quick", action="store_true", help="small figures, for a CPU smoke run")
+    parser.add_argument("--training-only", action="store_true",
+                        help="only the training-throughput stage (merged into an existing --out)")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     result: dict[str, Any] = {"machine": gpu_machine(), "command": " ".join(sys.argv)}
@@ -262,6 +266,14 @@ def main() -> None:
     def save() -> None:  # after each stage, so a stage that fails leaves the earlier figures
         args.out.write_text(json.dumps(result, indent=1))
 
+    if args.training_only:
+        if args.out.is_file():
+            result = {**json.loads(args.out.read_text()), "training_command": result["command"]}
+        result["training"] = training_throughput(args.data, [int(b) for b in args.batches.split(",")],
+                                                 4 if args.quick else 30, args.quick)
+        save()
+        print(report(result))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or Path(tmp) / "run"
         log("training run")

@@ -51,9 +51,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        description="Capture audio (microphone, file or stdin), keep voiced audio, score sliding "
                                    "windows with ONNX Runtime and show live speaker labels. With no model configured "
                                    "the default model is used (built once); with no microphone, a demo stream.")
-    p.add_argument("--device", dest="audio.device", metavar="ID",
-                   help="input device index or name substring (`spkrec devices`) [audio.device]")
-    p.add_argument("--input", metavar="FILE", help="read a file instead of a microphone ('-' = raw 16-bit PCM on stdin)")
+    p.add_argument("--device", dest="devices", action="append", metavar="[NAME=]ID",
+                   help="input device index or name substring (`spkrec devices`); repeat to serve several "
+                        "microphones at once, NAME= names the stream [audio.device, inputs.NAME.device]")
+    p.add_argument("--input", dest="inputs", action="append", metavar="[NAME=]FILE",
+                   help="read a file instead of a microphone ('-' = raw 16-bit PCM on stdin); repeatable")
     p.add_argument("--fast", action="store_true", help="with --input FILE: as fast as possible, not in real time")
     _model_flags(p)
     p.add_argument("--events", metavar="FILE", help="append JSON-lines events to FILE ('-' = stdout)")
@@ -181,6 +183,7 @@ def cmd_label(args: argparse.Namespace, cfg: Config) -> int:
     from .live import run_live
 
     args.meeting, args.fast, args.no_ui, args.progress = True, True, True, True
+    args.inputs = [args.input]
     return run_live(args, cfg)
 
 

@@ -10,6 +10,13 @@ import time
 from dataclasses import dataclass, field
 
 
+def tagged(event, data: dict) -> dict:
+    """Add the stream's name to an event's JSON when the daemon serves named streams."""
+    if event.stream:
+        data["stream"] = event.stream
+    return data
+
+
 @dataclass(frozen=True)
 class SpeakerEvent:
     """One scored window: who (after smoothing), how sure, and the runners-up."""
@@ -23,13 +30,15 @@ class SpeakerEvent:
     inference_ms: float = 0.0
     latency_ms: float = 0.0  # end of the window's audio arriving -> this event
     speech: tuple[float, float] = (0.0, 0.0)  # first and last voiced instant inside the window
+    stream: str = field(default="", kw_only=True)  # which input, when several are served
 
     def to_dict(self) -> dict:
-        return {"event": "speaker", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
+        data = {"event": "speaker", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
                 "speech": [round(self.speech[0], 3), round(self.speech[1], 3)],
                 "score": round(self.score, 4), "candidates": [[n, round(s, 4)] for n, s in self.candidates],
                 "voiced": round(self.voiced, 3), "inference_ms": round(self.inference_ms, 2),
                 "latency_ms": round(self.latency_ms, 2)}
+        return tagged(self, data)
 
 
 @dataclass(frozen=True)
@@ -38,9 +47,11 @@ class SilenceEvent:
 
     start: float
     end: float
+    stream: str = field(default="", kw_only=True)  # which input, when several are served
 
     def to_dict(self) -> dict:
-        return {"event": "silence", "start": round(self.start, 3), "end": round(self.end, 3)}
+        data = {"event": "silence", "start": round(self.start, 3), "end": round(self.end, 3)}
+        return tagged(self, data)
 
 
 @dataclass(frozen=True)
@@ -51,10 +62,12 @@ class StatusEvent:
     message: str = ""
     details: dict = field(default_factory=dict)
     wall_time: float = field(default_factory=time.time)
+    stream: str = field(default="", kw_only=True)  # which input, when several are served
 
     def to_dict(self) -> dict:
-        return {"event": "status", "state": self.state, "message": self.message, "time": round(self.wall_time, 3),
+        data = {"event": "status", "state": self.state, "message": self.message, "time": round(self.wall_time, 3),
                 **self.details}
+        return tagged(self, data)
 
 
 @dataclass(frozen=True)
@@ -66,10 +79,12 @@ class TurnEvent:
     end: float
     label: str
     confirmed: float
+    stream: str = field(default="", kw_only=True)  # which input, when several are served
 
     def to_dict(self) -> dict:
-        return {"event": "turn", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
+        data = {"event": "turn", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
                 "confirmed": round(self.confirmed, 3)}
+        return tagged(self, data)
 
 
 Event = SpeakerEvent | SilenceEvent | StatusEvent | TurnEvent

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from spkrec.models.config import Config
 from spkrec.models.democorpus import build_corpus
-from spkrec.models.errors import DeviceError
+from spkrec.models.errors import DeviceError, SpkrecError
 from spkrec.models.gallery import Gallery
 
 from .decisions import Decider, DeciderSettings
@@ -20,7 +21,7 @@ from .default_model import open_engine
 from .devices import resolve
 from .door import DoorSink
 from .meeting import Meeting, summary
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Stream
 from .roster import Roster, decision_threshold
 from .sinks import JsonlSink, LogSink, ProgressSink
 from .sources import DemoSource, FileSource, MicrophoneSource, StdinSource
@@ -36,65 +37,114 @@ def open_gallery(cfg: Config) -> Gallery | None:
     return Gallery(path) if path.is_file() else None
 
 
-def build_source(args: argparse.Namespace, cfg: Config, rate: int, console: Console):
-    """(source, is_demo): file, stdin, microphone, or the demo stream when there is no microphone."""
+@dataclass(frozen=True)
+class InputSpec:
+    """One input to serve: a named microphone, file or stdin."""
+
+    name: str
+    device: str = ""  # an index or name substring; "" with no file = the configured or default microphone
+    file: str = ""  # a path, or "-" for raw PCM on stdin
+
+
+def _split_name(value: str) -> tuple[str, str]:
+    """'front=2' -> ('front', '2'); a plain value has no name."""
+    name, sep, rest = value.partition("=")
+    if sep and not Path(value).exists() and name and name.replace("-", "").replace("_", "").isalnum():
+        return name, rest
+    return "", value
+
+
+def input_specs(args: argparse.Namespace, cfg: Config) -> list[InputSpec]:
+    """The inputs from --device/--input (repeatable, NAME=... allowed), else [inputs.*], else one
+    microphone ([audio] device or the system default). Names are unique: events carry them."""
+    specs = []
+    for value in getattr(args, "devices", None) or []:
+        name, device = _split_name(value)
+        specs.append(InputSpec(name or (f"mic{device}" if device.isdigit() else device), device=device))
+    for value in getattr(args, "inputs", None) or []:
+        name, file = _split_name(value)
+        specs.append(InputSpec(name or ("stdin" if file == "-" else Path(file).stem), file=file))
+    if not specs:
+        specs = [InputSpec(n, device=e.device, file=e.file) for n, e in cfg.inputs.items()]
+    if not specs:
+        specs = [InputSpec("mic", device=cfg.audio.device)]
+    seen: dict[str, int] = {}
+    unique = []
+    for spec in specs:
+        seen[spec.name] = seen.get(spec.name, 0) + 1
+        unique.append(spec if seen[spec.name] == 1 else replace(spec, name=f"{spec.name}-{seen[spec.name]}"))
+    return unique
+
+
+def build_source(spec: InputSpec, args: argparse.Namespace, cfg: Config, rate: int, console: Console, alone: bool):
+    """(source, is_demo): file, stdin, microphone, or — for a lone input with no device named —
+    the demo stream when there is no microphone."""
     block_s = cfg.audio.block_s
-    if args.input == "-":
+    if spec.file == "-":
         return StdinSource(cfg.audio.stdin_rate, rate, block_s), False
-    if args.input:
-        return FileSource(Path(args.input), rate, block_s, realtime=not args.fast), False
-    explicit = bool(cfg.audio.device)
+    if spec.file:
+        return FileSource(Path(spec.file), rate, block_s, realtime=not getattr(args, "fast", False)), False
     try:
-        device = resolve(cfg.audio.device)
+        device = resolve(spec.device)
     except DeviceError as exc:
-        if explicit:
+        if spec.device or not alone:
             raise
         console.print(f"[yellow]{exc}: running on the demo stream instead[/]")
         return DemoSource(build_corpus(cfg.cache_dir())["heldout"], rate, block_s), True
-    # Device status events reach the sinks once the pipeline exists (see run_live).
+    # Device status events reach the sinks once the stream exists (see run_live).
     return MicrophoneSource(device, rate, block_s, cfg.audio.queue_s, cfg.audio.reconnect_max_s, lambda e: None), False
+
+
+def _shared_sinks(args: argparse.Namespace, cfg: Config, states: list[LiveState], threshold: float,
+                  duration_s: float, console: Console) -> list:
+    sinks: list = []
+    if args.events:
+        sinks.append(JsonlSink(args.events))
+    if getattr(args, "progress", False):
+        sinks.append(ProgressSink(duration_s, console))
+    elif args.no_ui:
+        sinks.append(LogSink(tag_streams=len(states) > 1))
+    else:
+        sinks.append(TerminalUI(states, threshold, cfg.ui.refresh_hz, console))
+    return sinks
 
 
 def run_live(args: argparse.Namespace, cfg: Config) -> int:
     console = Console(stderr=True)
     engine = open_engine(cfg, console, args.config)
-    engine.warm_up()
     info = engine.info
+    specs = input_specs(args, cfg)
+    if getattr(args, "meeting", False) and len(specs) > 1:
+        raise SpkrecError("meeting mode labels one input at a time: give one --device or --input")
+    for size in range(1, len(specs) + 1):  # each new batch size costs a slow first call (README, GPU)
+        engine.warm_up(size)
     window_s = cfg.stream.window_s or info.window_s
     hop_s = cfg.stream.hop_s or info.hop_s
     gallery = open_gallery(cfg)
     roster = Roster(info, gallery, cfg.decision.trained_speakers)
     threshold = decision_threshold(cfg, info, gallery)
-    sinks: list = []
-    source, demo = build_source(args, cfg, info.sample_rate, console)
-    state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
-                      timeline_s=cfg.ui.timeline_s, demo=demo)
-    meeting = _meeting(args, cfg, guest_threshold(cfg, info, gallery), hop_s, info.fingerprint, source.name)
-    if args.events:
-        sinks.append(JsonlSink(args.events))
-    if getattr(args, "progress", False):
-        sinks.append(ProgressSink(getattr(source, "duration_s", 0.0), console))
-    elif args.no_ui:
-        sinks.append(LogSink())
-    else:
-        sinks.append(TerminalUI(state, threshold, cfg.ui.refresh_hz, console))
-    decider = Decider(roster, DeciderSettings(threshold, cfg.decision.margin, cfg.stream.smoothing,
-                                              cfg.vad.min_voiced_ratio))
-    pipeline = Pipeline(
-        source=source,
-        vad=Vad(info.sample_rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
-        windower=Windower(info.sample_rate, window_s, hop_s),
-        engine=engine,
-        decider=meeting.decider(decider) if meeting else decider,
-        state=state,
-        sinks=sinks,
-    )
-    if meeting is not None:
-        sinks[:0] = meeting.sinks(pipeline.emit)  # turns close before the UI and event log see "stopped"
-    if cfg.door.authorized:
-        sinks.append(DoorSink(cfg.door, hop_s, pipeline.emit))  # the pipeline holds this same list
-    if hasattr(source, "on_status"):
-        source.on_status = pipeline.emit  # device status goes to every sink from now on
+    streams = []
+    for spec in specs:
+        source, demo = build_source(spec, args, cfg, info.sample_rate, console, alone=len(specs) == 1)
+        state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
+                          timeline_s=cfg.ui.timeline_s, demo=demo, name=spec.name)
+        decider = Decider(roster, DeciderSettings(threshold, cfg.decision.margin, cfg.stream.smoothing,
+                                                  cfg.vad.min_voiced_ratio))
+        streams.append(Stream(source, Vad(info.sample_rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
+                              Windower(info.sample_rate, window_s, hop_s), decider, state, name=spec.name))
+    meeting = _meeting(args, cfg, guest_threshold(cfg, info, gallery), hop_s, info.fingerprint, streams[0].source.name)
+    duration = sum(getattr(s.source, "duration_s", 0.0) for s in streams)
+    shared = _shared_sinks(args, cfg, [s.state for s in streams], threshold, duration, console)
+    for stream in streams:
+        if meeting is not None:
+            stream.decider = meeting.decider(stream.decider)
+            stream.sinks[:0] = meeting.sinks(stream.emit)  # turns close before the UI and event log see "stopped"
+        door = cfg.door_for(stream.name)
+        if door.authorized:
+            stream.sinks.append(DoorSink(door, hop_s, stream.emit))
+        if hasattr(stream.source, "on_status"):
+            stream.source.on_status = stream.emit  # device status goes to every sink from now on
+    pipeline = Pipeline(streams, engine, shared, cfg.stream.batch_wait_s)
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -104,9 +154,10 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if meeting is not None:
-        print_meeting_summary(meeting, state, console)
+        print_meeting_summary(meeting, streams[0].state, console)
     else:
-        print_summary(state, console)
+        for stream in streams:
+            print_summary(stream.state, console, stream.name if len(streams) > 1 else "")
     return 0
 
 
@@ -129,7 +180,8 @@ def _meeting(args: argparse.Namespace, cfg: Config, threshold: float, hop_s: flo
     rttm = Path(args.rttm) if getattr(args, "rttm", None) else None
     guests = Path(args.guests) if getattr(args, "guests", None) else (
         rttm.with_suffix(".guests.json") if rttm is not None else None)
-    file_id = Path(args.input).stem if args.input and args.input != "-" else Path(source_name).stem or "live"
+    files = [f for f in (getattr(args, "inputs", None) or []) if f != "-"]
+    file_id = Path(_split_name(files[0])[1]).stem if files else Path(source_name).stem or "live"
     return Meeting(cfg.meeting, threshold, hop_s, fingerprint, rttm, guests, file_id)
 
 
@@ -145,9 +197,10 @@ def print_meeting_summary(meeting: Meeting, state: LiveState, console: Console) 
             console.print(f"wrote {path}")
 
 
-def print_summary(state: LiveState, console: Console) -> None:
+def print_summary(state: LiveState, console: Console, stream: str = "") -> None:
     total = sum(state.talk_time.values())
-    table = Table(title=f"session summary: {state.stream_time:.1f} s of audio, {state.windows} scored windows")
+    table = Table(title=f"{stream + ': ' if stream else ''}session summary: {state.stream_time:.1f} s of audio, "
+                        f"{state.windows} scored windows")
     for column in ("speaker", "talk time", "share", "turns"):
         table.add_column(column, justify="left" if column == "speaker" else "right")
     for label, seconds in state.talk_time.most_common():

@@ -7,6 +7,7 @@ to all sinks, so adding one changes nothing else.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Protocol, TextIO
@@ -27,7 +28,7 @@ class JsonlSink:
 
     def __init__(self, target: str) -> None:
         if target == "-":
-            self.stream: TextIO = sys.stdout
+            self.stream: TextIO | None = sys.stdout
             self.owned = False
         else:
             try:
@@ -39,39 +40,54 @@ class JsonlSink:
             self.owned = True
 
     def handle(self, event: Event) -> None:
-        self.stream.write(json.dumps(event.to_dict()) + "\n")
-        self.stream.flush()
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(json.dumps(event.to_dict()) + "\n")
+            self.stream.flush()
+        except BrokenPipeError:  # the reader went away (`| head`): stop writing, keep serving
+            if not self.owned:  # Python's docs' advice: point stdout at devnull, so exit does not complain
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            self.stream = None
 
     def close(self) -> None:
-        if self.owned:
-            self.stream.close()
-        else:
-            self.stream.flush()
+        if self.stream is None:
+            return
+        try:
+            if self.owned:
+                self.stream.close()
+            else:
+                self.stream.flush()
+        except BrokenPipeError:
+            pass
 
 
 class LogSink:
     """Readable lines on stderr for ``--no-ui``: label changes, silences and status changes."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, tag_streams: bool = False) -> None:
         self.stream = stream or sys.stderr
-        self.last_label: str | None = None
+        self.tag_streams = tag_streams
+        self.last_label: dict[str, str | None] = {}
 
-    def _line(self, text: str) -> None:
-        self.stream.write(text + "\n")
+    def _line(self, event: Event, text: str) -> None:
+        prefix = f"{event.stream}: " if self.tag_streams and getattr(event, "stream", "") else ""
+        self.stream.write(prefix + text + "\n")
         self.stream.flush()
 
     def handle(self, event: Event) -> None:
+        key = getattr(event, "stream", "")
         if isinstance(event, SpeakerEvent):
-            if event.label != self.last_label:
+            if event.label != self.last_label.get(key):
                 runner = f", next {event.candidates[1][0]} {event.candidates[1][1]:.2f}" if len(event.candidates) > 1 else ""
-                self._line(f"[{event.end:8.2f}s] speaker {event.label} (score {event.score:.2f}{runner})")
-                self.last_label = event.label
+                self._line(event, f"[{event.end:8.2f}s] speaker {event.label} (score {event.score:.2f}{runner})")
+                self.last_label[key] = event.label
         elif isinstance(event, SilenceEvent):
-            self._line(f"[{event.end:8.2f}s] silence")
-            self.last_label = None
+            self._line(event, f"[{event.end:8.2f}s] silence")
+            self.last_label[key] = None
         elif isinstance(event, StatusEvent):
             extra = " ".join(f"{k}={v}" for k, v in event.details.items())
-            self._line(f"status {event.state}: {event.message} {extra}".rstrip())
+            self._line(event, f"status {event.state}: {event.message} {extra}".rstrip())
 
     def close(self) -> None:
         pass

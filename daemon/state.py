@@ -24,6 +24,7 @@ class LiveState:
     hop_s: float
     timeline_s: float
     demo: bool = False
+    name: str = ""  # the stream's name, when the daemon serves several
     status: str = "starting"
     status_message: str = ""
     current: SpeakerEvent | None = None

@@ -120,13 +120,55 @@ def render(state: LiveState, threshold: float, width: int = 80) -> RenderableTyp
     return Group(*parts, status_line)
 
 
+def render_compact(state: LiveState, threshold: float, width: int = 80) -> RenderableType:
+    """One input of several: a four-line panel (name and score, level and timeline, door, status),
+    so four inputs fit an 80x24 terminal."""
+    with state.lock:
+        current, speaking, door = state.current, state.speaking, state.door
+        timeline = list(state.timeline)
+        level, voiced = state.level_db, state.voiced
+        latency = state.percentile(state.latency_ms, 50)
+        status = state.status if state.status == "listening" else f"{state.status}: {state.status_message}"
+    if current is not None and speaking:
+        style = colour(current.label)
+        who = Text.assemble((f"{current.label[:20]:<20} ", f"bold {style}"), bar(current.score, 24, style),
+                            f" {current.score:.2f} / {threshold:.2f}")
+    else:
+        who = Text("silence" if current is not None else "listening", style="grey50")
+    strip = Text.assemble("level ", bar((level + 70) / 70, 10, "green" if voiced else "grey50"), " ")
+    for label in timeline[-(width - 22):]:
+        strip.append("█" if label else "·", style=colour(label))
+    if door is not None:
+        verdict = ("OPEN", "bold black on green") if door.granted else ("DENIED", "bold white on red")
+        door_line = Text.assemble("door ", verdict, f" {door.label} {door.score:.2f} ({door.reason}) at {door.end:.0f} s")
+    else:
+        door_line = Text("")
+    status_line = Text(f"{status} · latency {latency:.0f} ms · dropped {state.dropped}/{state.overflows} · "
+                       f"{state.stream_time:.0f} s", style="grey70", overflow="ellipsis", no_wrap=True)
+    return Panel(Group(who, strip, door_line, status_line), title=Text(state.name or state.source, style="bold"),
+                 title_align="left", border_style=colour(current.label) if current and speaking else "grey37", height=6)
+
+
+def render_all(states: list[LiveState], threshold: float, width: int = 80) -> RenderableType:
+    """The full screen for one input; a compact panel per input for several."""
+    if len(states) == 1:
+        return render(states[0], threshold, width)
+    first = states[0]
+    head = Text.assemble(("spkrec live", "bold"), f"  {len(states)} inputs · "
+                         f"{first.provider.replace('ExecutionProvider', '')} · infer "
+                         f"{max(s.percentile(s.inference_ms, 50) for s in states):.0f} ms per batch")
+    return Group(head, *(render_compact(s, threshold, width) for s in states))
+
+
 class TerminalUI:
     """A Rich Live screen as a sink: events update the shared state, the timer redraws."""
 
-    def __init__(self, state: LiveState, threshold: float, refresh_hz: float, console: Console | None = None) -> None:
-        self.state, self.threshold = state, threshold
+    def __init__(self, states: list[LiveState] | LiveState, threshold: float, refresh_hz: float,
+                 console: Console | None = None) -> None:
+        self.states = states if isinstance(states, list) else [states]
+        self.threshold = threshold
         self.console = console or Console(stderr=True)
-        self.live = Live(get_renderable=lambda: render(state, threshold, min(self.console.width, 100)),
+        self.live = Live(get_renderable=lambda: render_all(self.states, threshold, min(self.console.width, 100)),
                          console=self.console, refresh_per_second=refresh_hz, screen=self.console.is_terminal,
                          transient=False, redirect_stdout=False, redirect_stderr=False)
         self.live.start()

@@ -59,6 +59,7 @@ class StreamConfig:
     window_s: float = _opt(0.0, lo=0.0, hi=10.0)
     hop_s: float = _opt(0.0, lo=0.0, hi=10.0)
     smoothing: int = _opt(3, lo=1, hi=50)
+    batch_wait_s: float = _opt(0.1, lo=0.0, hi=1.0)
 
 
 @dataclass
@@ -114,6 +115,15 @@ class DoorConfig:
     wins: int = _opt(3, lo=1, hi=100)
     of_last: int = _opt(4, lo=1, hi=100)
     min_voiced_s: float = _opt(1.5, lo=0.0, hi=60.0)
+
+
+@dataclass
+class InputConfig:
+    """One named input of a daemon that serves several (``[inputs.NAME]``)."""
+
+    device: str = _opt("")
+    file: str = _opt("")
+    door: dict = field(default_factory=dict, metadata={"overrides": "door"})  # keys of [door], for this input
 
 
 @dataclass
@@ -178,6 +188,12 @@ class Config:
     door: DoorConfig = field(default_factory=DoorConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    inputs: dict = field(default_factory=dict, metadata={"table_of": InputConfig})  # name -> InputConfig
+
+    def door_for(self, stream: str) -> DoorConfig:
+        """``[door]`` with this input's ``[inputs.NAME.door]`` keys over it: each door its policy."""
+        entry = self.inputs.get(stream)
+        return dataclasses.replace(self.door, **entry.door) if entry is not None else self.door
 
     def cache_dir(self) -> Path:
         """Where converted weights, decoded demo audio and the default model are kept."""
@@ -258,10 +274,35 @@ def _merge(obj: Any, data: Mapping[str, Any], prefix: str) -> None:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key '{key}' (known here: {known})")
         current = getattr(obj, name)
-        if dataclasses.is_dataclass(current):
+        meta = fields[name].metadata
+        if meta.get("table_of"):
+            setattr(obj, name, _named_tables(meta["table_of"], value, key))
+        elif meta.get("overrides"):
+            setattr(obj, name, _overrides_of(meta["overrides"], value, key))
+        elif dataclasses.is_dataclass(current):
             _merge(current, value, key + ".")
         else:
             setattr(obj, name, _check_value(key, value, hints[name], fields[name].metadata))
+
+
+def _named_tables(kind: type, data: Any, key: str) -> dict:
+    """``[inputs.NAME]`` tables: one validated ``kind`` per name."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config key '{key}' must be a table of named tables ([{key}.NAME])")
+    tables = {}
+    for name, table in data.items():
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"config key '{key}.{name}': names use letters, digits, '-' and '_'")
+        tables[name] = kind()
+        _merge(tables[name], table, f"{key}.{name}.")
+    return tables
+
+
+def _overrides_of(section: str, data: Any, key: str) -> dict:
+    """Keys of another section (``[door]``) to apply over it for one input, validated like it."""
+    probe = getattr(Config(), section)
+    _merge(probe, data, key + ".")
+    return {name: getattr(probe, name) for name in data}
 
 
 def _validate_relations(cfg: Config) -> None:
@@ -270,11 +311,16 @@ def _validate_relations(cfg: Config) -> None:
     if cfg.stream.window_s and cfg.stream.hop_s > cfg.stream.window_s:
         raise ConfigError(f"config key 'stream.hop_s' ({cfg.stream.hop_s}) must not exceed 'stream.window_s' "
                           f"({cfg.stream.window_s})")
-    door = cfg.door
-    if door.wins > door.of_last:
-        raise ConfigError(f"config key 'door.wins' ({door.wins}) must not exceed 'door.of_last' ({door.of_last})")
-    if not all(isinstance(v, str) and v for v in door.authorized + door.command):
-        raise ConfigError("config keys 'door.authorized' and 'door.command' must be lists of non-empty strings")
+    for prefix, door in [("door", cfg.door)] + [(f"inputs.{n}.door", cfg.door_for(n)) for n in cfg.inputs]:
+        if door.wins > door.of_last:
+            raise ConfigError(f"config key '{prefix}.wins' ({door.wins}) must not exceed '{prefix}.of_last' "
+                              f"({door.of_last})")
+        if not all(isinstance(v, str) and v for v in door.authorized + door.command):
+            raise ConfigError(f"config keys '{prefix}.authorized' and '{prefix}.command' must be lists of "
+                              "non-empty strings")
+    for name, entry in cfg.inputs.items():
+        if bool(entry.device) == bool(entry.file):
+            raise ConfigError(f"config table 'inputs.{name}' needs exactly one of 'device' or 'file'")
     if t.hop_s > t.window_s:
         raise ConfigError(f"config key 'train.hop_s' ({t.hop_s}) must not exceed 'train.window_s' ({t.window_s})")
     for key, pair in (("train.augment.snr_db", t.augment.snr_db), ("train.augment.rt60_s", t.augment.rt60_s)):

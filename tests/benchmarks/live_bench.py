@@ -38,7 +38,7 @@ import soundfile as sf
 
 from spkrec.daemon.decisions import Decider, DeciderSettings
 from spkrec.daemon.events import Event, SpeakerEvent
-from spkrec.daemon.pipeline import Pipeline
+from spkrec.daemon.pipeline import Pipeline, Stream
 from spkrec.daemon.sources import FileSource, demo_conversation
 from spkrec.daemon.state import LiveState
 from spkrec.daemon.vad import Vad
@@ -145,24 +145,23 @@ class RssSink:
 # ---------------------------------------------------------------- measurements
 
 
-def run_pipeline(engine: Engine, cfg: Config, wav: Path, realtime: bool, sinks: list,
-                 before_run: Callable[[], None] = lambda: None) -> float:
-    """The daemon's pipeline exactly as `spkrec live --input FILE` builds it; returns wall seconds."""
+def make_stream(engine: Engine, cfg: Config, wav: Path, realtime: bool, name: str = "") -> Stream:
+    """One input exactly as `spkrec live --input FILE` builds it."""
     info = engine.info
     window_s, hop_s = cfg.stream.window_s or info.window_s, cfg.stream.hop_s or info.hop_s
     source = FileSource(wav, info.sample_rate, cfg.audio.block_s, realtime=realtime)
     settings = DeciderSettings(cfg.threshold_for(info.thresholds), cfg.decision.margin, cfg.stream.smoothing,
                                cfg.vad.min_voiced_ratio)
-    pipeline = Pipeline(
-        source=source,
-        vad=Vad(info.sample_rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
-        windower=Windower(info.sample_rate, window_s, hop_s),
-        engine=engine,
-        decider=Decider(lambda: (info.labels, info.prototypes), settings),
-        state=LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
-                        timeline_s=cfg.ui.timeline_s),
-        sinks=sinks,
-    )
+    return Stream(source, Vad(info.sample_rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
+                  Windower(info.sample_rate, window_s, hop_s), Decider(lambda: (info.labels, info.prototypes), settings),
+                  LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
+                            timeline_s=cfg.ui.timeline_s, name=name), name=name)
+
+
+def run_pipeline(engine: Engine, cfg: Config, wav: Path, realtime: bool, sinks: list,
+                 before_run: Callable[[], None] = lambda: None) -> float:
+    """The daemon's pipeline over one file; returns wall seconds."""
+    pipeline = Pipeline([make_stream(engine, cfg, wav, realtime)], engine, sinks, cfg.stream.batch_wait_s)
     before_run()
     start = time.perf_counter()
     pipeline.run(threading.Event())

@@ -127,11 +127,11 @@ def door_attempt(engine: Any, path: Path, names: tuple[str, ...], prints: np.nda
     door = DoorSink(cfg.door, hop_s, lambda e: doors.append(e) if isinstance(e, DoorEvent) else None)
     source = FileSource(path, rate, cfg.audio.block_s, realtime=False)
     settings = DeciderSettings(threshold, cfg.decision.margin, cfg.stream.smoothing, cfg.vad.min_voiced_ratio)
-    Pipeline(source=source, vad=Vad(rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
-             windower=Windower(rate, window_s, hop_s), engine=engine,
-             decider=Decider(lambda: (names, prints), settings),
-             state=LiveState(source=source.name, rate=rate, provider=engine.provider, hop_s=hop_s, timeline_s=60),
-             sinks=[door]).run(threading.Event())
+    stream = Stream(source, Vad(rate, cfg.vad.frame_ms, cfg.vad.aggressiveness), Windower(rate, window_s, hop_s),
+                    Decider(lambda: (names, prints), settings),
+                    LiveState(source=source.name, rate=rate, provider=engine.provider, hop_s=hop_s, timeline_s=60),
+                    sinks=[door])
+    Pipeline([stream], engine).run(threading.Event())
     return doors
 
 

@@ -96,3 +96,37 @@ def test_cli_errors_on_empty_folder_and_corrupt_only_data(tmp_path):
     assert done.returncode == 2
     assert "skipped: cannot decode" in done.stderr and "x.wav" in done.stderr
     assert "need at least 2 speakers" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_decoded_audio_is_cached_and_an_edited_file_is_decoded_again(tmp_path):
+    src = sorted((LIBRI / TRAIN_SPEAKERS[0]).glob("*.flac"))[0]
+    audio, rate = sf.read(str(src), dtype="float32")
+    path = tmp_path / "a" / "one.wav"
+    path.parent.mkdir()
+    sf.write(str(path), audio, rate)
+    cache = tmp_path / "cache"
+    first = datasets.load_cached(path, 16000, cache)
+    assert len(list(cache.glob("*.npy"))) == 1
+    again = datasets.load_cached(path, 16000, cache)
+    assert isinstance(again, np.memmap) and np.array_equal(np.asarray(first), np.asarray(again))
+    sf.write(str(path), audio[: rate * 2], rate)  # edited in place: size and mtime change
+    edited = datasets.load_cached(path, 16000, cache)
+    assert edited.size == 2 * 16000 and len(list(cache.glob("*.npy"))) == 2
+
+
+def test_ranks_split_every_global_batch_between_them(speakers_dir):
+    """Under torchrun each rank takes every world_size-th crop of the same seeded batch: together
+    they see exactly what one process would."""
+    from spkrec.training.loader import RunBatches
+
+    clips = datasets.decode(datasets.discover(speakers_dir), 16000)
+    index = {label: i for i, label in enumerate(TRAIN_SPEAKERS)}
+    one = RunBatches(clips, 32000, 8, 0, index, first_epoch=0, epochs=2)
+    ranks = [RunBatches(clips, 32000, 8, 0, index, 0, 2, rank=r, world_size=2) for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == 2 * one.per_epoch
+    for step in (0, one.per_epoch - 1, one.per_epoch):  # first, last of epoch 1, first of epoch 2
+        whole = one._batch(step)
+        assert sorted(ranks[0]._batch(step) + ranks[1]._batch(step)) == sorted(whole) and len(whole) == 8
+        x, y = ranks[1][step]
+        assert x.shape == (4, 32000) and y.shape == (4,)
+    assert one._batch(0) != one._batch(one.per_epoch)  # a new epoch reshuffles

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -88,15 +89,44 @@ def test_eval_command_writes_metrics(trained_run, speakers_dir, tmp_path):
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "confusion.png").stat().st_size > 1000
 
 
-def test_reexport_and_int8_copy(trained_run, tmp_path):
+def test_reexport_with_int8_and_fp16_copies(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    done = spkrec("export", str(run), "--int8", check=True)
+    done = spkrec("export", str(run), "--int8", "--fp16", check=True)
     assert "parity" in done.stderr
     report = json.loads((run / "precision.json").read_text())
     assert report["int8"]["megabytes"] < report["fp32"]["megabytes"] / 2
     int8 = Engine(run / "model.int8.onnx", provider="cpu")
     assert int8.info.precision == "int8" and int8.info.labels == TRAIN_SPEAKERS
+    # fp16: half the size, the same decisions on the validation files, embeddings within rounding.
+    fp16 = Engine(run / "model.fp16.onnx", provider="cpu")
+    assert fp16.info.precision == "fp16" and fp16.info.labels == TRAIN_SPEAKERS
+    assert report["fp16"]["megabytes"] < report["fp32"]["megabytes"] * 0.6
+    assert report["fp16"]["min_cosine_to_fp32"] > 0.999
+    assert report["fp16"]["file_accuracy"] == report["fp32"]["file_accuracy"]
+    assert fp16.info.fingerprint != Engine(run / "model.onnx", provider="cpu").info.fingerprint
+
+
+def test_torchrun_two_gloo_processes_train_like_one(speakers_dir, tmp_path):
+    """`torchrun --nproc-per-node 2 spkrec train ...` on CPU: one process group (gloo), each rank
+    half of every batch, one writer for checkpoints and the model, the usual results."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    spkrec_exe = Path(sys.executable).with_name("spkrec")
+    run = tmp_path / "run"
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python", str(spkrec_exe),
+                           "train", str(speakers_dir), "--out", str(run), "--epochs", "1", "--min-steps", "0",
+                           "--batch-size", "8", "--freeze-layers", "3", "--pretrained", "none", "--seed", "0"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("distributed: 2 processes (gloo), 4 crops each per step") == 1  # rank 0 speaks
+    assert done.stderr.count("model written:") == 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["processes"] == {"world_size": 2, "backend": "gloo", "device": "cpu"}
+    history = metrics["history"][0]
+    assert history["samples_per_s"] > 0 and 0 <= history["data_wait_share"] < 1
+    assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"] == 1
+    assert not list(run.glob("*.partial"))
+    assert Engine(run / "model.onnx", provider="cpu").info.labels == TRAIN_SPEAKERS
 
 
 def test_resume_continues_from_the_checkpoint(trained_run, speakers_dir, tmp_path):

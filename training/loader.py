@@ -71,9 +71,12 @@ def auto_workers(requested: int, device: torch.device, world_size: int) -> int:
 
 def batch_loader(batches: RunBatches, workers: int, device: torch.device) -> DataLoader:
     """The run's batches, prepared ahead by ``workers`` processes (0 = in this process)."""
+    # Its own generator: starting an iterator draws a seed, which must not shift the global stream
+    # that initialisation and SpecAugment use (a run is then the same with or without this loader).
     return DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
                       pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-                      multiprocessing_context=_context(workers))
+                      multiprocessing_context=_context(workers),
+                      generator=torch.Generator().manual_seed(batches.seed))
 
 
 def _context(workers: int):

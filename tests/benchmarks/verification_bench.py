@@ -51,7 +51,7 @@ from live_bench import machine  # noqa: E402
 from spkrec.daemon import enroll  # noqa: E402
 from spkrec.daemon.decisions import Decider, DeciderSettings  # noqa: E402
 from spkrec.daemon.door import DoorEvent, DoorSink  # noqa: E402
-from spkrec.daemon.pipeline import Pipeline  # noqa: E402
+from spkrec.daemon.pipeline import Pipeline, Stream  # noqa: E402
 from spkrec.daemon.sources import FileSource  # noqa: E402
 from spkrec.daemon.state import LiveState  # noqa: E402
 from spkrec.daemon.vad import Vad  # noqa: E402

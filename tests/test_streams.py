@@ -1,0 +1,134 @@
+"""Several inputs in one daemon: batched inference, per-stream labels, events and door policy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+import soundfile as sf
+
+from spkrec.models.config import Config
+from spkrec.models.engine import Engine
+
+from conftest import live_exe, speaker_files, spkrec
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "benchmarks"))
+from live_bench import make_stream  # noqa: E402  (the benchmark's stream builder is the daemon's own)
+
+from spkrec.daemon.pipeline import Pipeline  # noqa: E402
+
+CONFIG = """[decision]
+operating_point = "fixed"
+threshold = 0.0
+
+[inputs.front]
+file = "{front}"
+[inputs.front.door]
+authorized = ["1688"]
+command = ["{python}", "-c", "import sys, pathlib; pathlib.Path('{marker}').write_text(sys.stdin.read())"]
+wins = 3
+of_last = 4
+
+[inputs.back]
+file = "{back}"
+"""
+
+
+def _longest(speaker: str):
+    return max(speaker_files(speaker), key=lambda p: sf.info(str(p)).duration)
+
+
+def _speaker_windows(events: list[dict], stream: str | None = None) -> list[tuple[float, str]]:
+    return [(e["end"], e["label"]) for e in events if e["event"] == "speaker" and (stream is None or e["stream"] == stream)]
+
+
+def _events(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def two_inputs(trained_run, tmp_path_factory):
+    """The daemon serving two named file inputs from [inputs.*], one of them a door."""
+    root = tmp_path_factory.mktemp("streams")
+    front, back = _longest("1688"), _longest("2033")
+    config = root / "config.toml"
+    config.write_text(CONFIG.format(front=front, back=back, python=sys.executable, marker=root / "opened.json"))
+    events = root / "events.jsonl"
+    spkrec("live", "--model", str(trained_run / "model.onnx"), "--config", str(config), "--fast", "--no-ui",
+           "--events", str(events), check=True)
+    return {"root": root, "config": config, "front": front, "back": back, "events": _events(events),
+            "model": str(trained_run / "model.onnx")}
+
+
+def test_every_event_names_its_stream_and_each_stream_starts_and_stops(two_inputs):
+    events = two_inputs["events"]
+    assert {e.get("stream") for e in events} == {"front", "back"}
+    for name in ("front", "back"):
+        states = [e["state"] for e in events if e["event"] == "status" and e["stream"] == name]
+        assert states[0] == "listening" and states[-1] == "stopped"
+
+
+def test_each_stream_is_labelled_as_if_it_ran_alone(two_inputs, tmp_path):
+    """Batching with another input and separate smoothing: the same labels, window for window,
+    as a daemon serving that input alone (so no state leaks between streams)."""
+    for name in ("front", "back"):
+        alone = tmp_path / f"{name}.jsonl"
+        spkrec("live", "--model", two_inputs["model"], "--config", str(two_inputs["config"]), "--input",
+               str(two_inputs[name]), "--fast", "--no-ui", "--events", str(alone), check=True)
+        together = _speaker_windows(two_inputs["events"], name)
+        assert together == _speaker_windows(_events(alone)) and len(together) >= 8
+    labels = {name: [label for _, label in _speaker_windows(two_inputs["events"], name)] for name in ("front", "back")}
+    assert labels["front"].count("1688") > len(labels["front"]) / 2
+    assert labels["back"].count("2033") > len(labels["back"]) / 2
+
+
+def test_door_policy_is_per_stream(two_inputs):
+    doors = [e for e in two_inputs["events"] if e["event"] == "door"]
+    assert doors and {d["stream"] for d in doors} == {"front"}  # back has no [inputs.back.door]
+    assert any(d["granted"] and d["label"] == "1688" for d in doors)
+    opened = json.loads((two_inputs["root"] / "opened.json").read_text())
+    assert opened["stream"] == "front" and opened["label"] == "1688"
+
+
+def test_windows_due_at_the_same_hop_share_one_engine_call(trained_run):
+    engine = Engine(trained_run / "model.onnx", provider="cpu")
+    cfg = Config()
+    cfg.decision.operating_point = "fixed"
+    streams = [make_stream(engine, cfg, _longest(s), realtime=False, name=s) for s in ("1688", "1998", "2033")]
+    pipeline = Pipeline(streams, engine)
+    pipeline.run(threading.Event())
+    assert max(pipeline.batch_sizes) == 3
+    assert sum(pipeline.batch_sizes) / len(pipeline.batch_sizes) > 1.5  # mostly batched, not one by one
+    assert all(s.state.windows >= 5 for s in streams)
+
+
+def test_repeated_flags_name_streams_and_meeting_mode_wants_one(trained_run, tmp_path):
+    a, b = _longest("1688"), _longest("1998")
+    done = spkrec("live", "--model", str(trained_run / "model.onnx"), "--input", f"left={a}", "--input", str(b),
+                  "--fast", "--no-ui", "--events", "-", check=True)
+    assert {json.loads(line)["stream"] for line in done.stdout.splitlines()} == {"left", b.stem}
+    done = spkrec("live", "--model", str(trained_run / "model.onnx"), "--input", str(a), "--input", str(b),
+                  "--meeting", "--fast", "--no-ui")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "one input" in done.stderr
+
+
+def test_input_table_needs_a_device_or_a_file(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[inputs.front]\ndevice = "1"\nfile = "x.wav"\n')
+    done = spkrec("live", "--config", str(config), "--no-ui")
+    assert done.returncode == 2 and "inputs.front" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_event_reader_going_away_is_not_a_traceback(trained_run):
+    """`--events - | head -1`: the pipe closes under the daemon, which finishes quietly."""
+    daemon = subprocess.Popen([live_exe(), "--model", str(trained_run / "model.onnx"), "--input",
+                               str(_longest("1688")), "--fast", "--no-ui", "--events", "-"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = daemon.stdout.readline()
+    daemon.stdout.close()
+    _, err = daemon.communicate(timeout=120)
+    assert json.loads(first)["event"] == "status"
+    assert daemon.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err

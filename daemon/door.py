@@ -78,12 +78,12 @@ class DoorPolicy:
                 return None
             self.open_until = event.end + self.cfg.cooldown_s
             return DoorEvent(label, True, min(scores), "authorised", winning[0].start, event.end, scores,
-                             self.open_until)
+                             self.open_until, stream=event.stream)
         if label == self.denied_label:
             return None  # one denial per attempt, not one per window
         self.denied_label = label
         reason = "unknown voice" if label == UNKNOWN else "not authorised"
-        return DoorEvent(label, False, max(scores), reason, winning[0].start, event.end, scores)
+        return DoorEvent(label, False, max(scores), reason, winning[0].start, event.end, scores, stream=event.stream)
 
 
 class DoorActions:

@@ -116,8 +116,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     specs = input_specs(args, cfg)
     if getattr(args, "meeting", False) and len(specs) > 1:
         raise SpkrecError("meeting mode labels one input at a time: give one --device or --input")
-    for size in range(1, len(specs) + 1):  # each new batch size costs a slow first call (README, GPU)
-        engine.warm_up(size)
+    engine.warm_up_batches(len(specs))  # a new batch shape's first call is slow (README, GPU)
     window_s = cfg.stream.window_s or info.window_s
     hop_s = cfg.stream.hop_s or info.hop_s
     gallery = open_gallery(cfg)

@@ -13,6 +13,7 @@ import dataclasses
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -95,7 +96,7 @@ class Pipeline:
     engine: Engine
     sinks: Sequence[Sink] = ()  # shared by every stream
     batch_wait_s: float = 0.1  # how long a due window waits for the other streams' windows of its hop
-    batch_sizes: list[int] = field(default_factory=list)  # windows per engine call, for the benchmark
+    batch_sizes: Counter = field(default_factory=Counter)  # engine calls per batch size (bounded: <= MAX_BATCH keys)
 
     def __post_init__(self) -> None:
         for stream in self.streams:
@@ -158,7 +159,7 @@ class Pipeline:
         embeddings = np.zeros((0, 0), np.float32)
         if voiced:
             embeddings = self.engine.embed(np.stack([w.voiced_audio() for _, w in voiced]))
-            self.batch_sizes.append(len(voiced))
+            self.batch_sizes[len(voiced)] += 1
         rows = {id(w): i for i, (_, w) in enumerate(voiced)}
         done = time.monotonic()
         for stream, window in windows:

@@ -117,13 +117,18 @@ class Engine:
         batch = np.ascontiguousarray(waveforms, dtype=np.float32)
         if batch.ndim == 1:
             batch = batch[None, :]
+        rows = batch.shape[0]
+        if self.device_name == "cuda" and rows & (rows - 1):
+            # Each new batch shape costs cuDNN ~180 ms on its first call (README, GPU); padding to a
+            # power of two keeps the shapes a multi-input daemon or `label` meets to a handful.
+            batch = np.concatenate([batch, np.repeat(batch[-1:], (1 << rows.bit_length()) - rows, axis=0)])
         start = time.perf_counter()
         if self._binding is not None:
             emb = self._run_bound(batch)
         else:
             (emb,) = self.session.run([EMBEDDING_OUTPUT], {INPUT_NAME: batch})
         self.last_ms = (time.perf_counter() - start) * 1000.0
-        return emb
+        return emb[:rows]
 
     def _run_bound(self, batch: np.ndarray) -> np.ndarray:
         """IO binding: the input is copied to the GPU once and only the embedding comes back
@@ -145,3 +150,12 @@ class Engine:
         """Run once on silence so the first real window is not slowed by lazy initialisation."""
         self.embed(np.zeros((batch, self.info.window_samples), dtype=np.float32))
         return self.last_ms
+
+    def warm_up_batches(self, largest: int) -> None:
+        """Warm every batch shape up to ``largest`` windows (on CUDA: the powers of two that
+        ``embed`` pads to), so no hop of a running daemon pays a first-call cost."""
+        sizes = range(1, largest + 1)
+        if self.device_name == "cuda":
+            sizes = sorted({1 << (n - 1).bit_length() for n in sizes})
+        for size in sizes:
+            self.warm_up(size)

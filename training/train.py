@@ -175,7 +175,7 @@ class Trainer:
         seen = correct = 0
         loss_sum = waited = 0.0
         started = time.perf_counter()
-        for steps in range(max_steps if max_steps is not None else self.per_epoch):
+        for _ in range(max_steps if max_steps is not None else self.per_epoch):
             ask = time.perf_counter()
             try:
                 x, y = next(batches)

@@ -65,11 +65,15 @@ def run(engine: Engine, cfg: Config, wavs: list[Path], realtime: bool) -> tuple[
     streams = [make_stream(engine, cfg, wav, realtime, name=wav.stem) for wav in wavs]
     latencies = Latencies()
     pipeline = Pipeline(streams, engine, [latencies], cfg.stream.batch_wait_s)
-    for size in range(1, len(wavs) + 1):
-        engine.warm_up(size)
+    engine.warm_up_batches(len(wavs))
     start = time.perf_counter()
     pipeline.run(threading.Event())
     return time.perf_counter() - start, pipeline, latencies
+
+
+def mean_batch(pipeline: Pipeline) -> float:
+    sizes = pipeline.batch_sizes
+    return round(sum(k * n for k, n in sizes.items()) / max(1, sum(sizes.values())), 2)
 
 
 def main() -> None:
@@ -101,9 +105,9 @@ def main() -> None:
             _, live, latencies = run(engine, cfg, short[:n], realtime=True)
             row = {"inputs": n, "rtf": round(wall / args.seconds, 4),
                    "audio_s_per_wall_s": round(n * args.seconds / wall, 1),
-                   "mean_batch": round(float(np.mean(pipeline.batch_sizes)), 2),
+                   "mean_batch": mean_batch(pipeline),
                    "latency_ms": {name: percentiles(values) for name, values in sorted(latencies.by_stream.items())},
-                   "realtime_mean_batch": round(float(np.mean(live.batch_sizes)), 2),
+                   "realtime_mean_batch": mean_batch(live),
                    "dropped_blocks": sum(s.state.dropped for s in live.streams)}
             result["rows"].append(row)
             print(f"{n} inputs: RTF {row['rtf']}, {row['audio_s_per_wall_s']} audio s per s, batch "

@@ -121,8 +121,8 @@ def render(state: LiveState, threshold: float, width: int = 80) -> RenderableTyp
 
 
 def render_compact(state: LiveState, threshold: float, width: int = 80) -> RenderableType:
-    """One input of several: a four-line panel (name and score, level and timeline, door, status),
-    so four inputs fit an 80x24 terminal."""
+    """One input of several: a three-line panel (name and score; level and timeline; door and
+    status), so four inputs fit an 80x24 terminal."""
     with state.lock:
         current, speaking, door = state.current, state.speaking, state.door
         timeline = list(state.timeline)
@@ -138,15 +138,14 @@ def render_compact(state: LiveState, threshold: float, width: int = 80) -> Rende
     strip = Text.assemble("level ", bar((level + 70) / 70, 10, "green" if voiced else "grey50"), " ")
     for label in timeline[-(width - 22):]:
         strip.append("█" if label else "·", style=colour(label))
+    status_line = Text(overflow="ellipsis", no_wrap=True)
     if door is not None:
         verdict = ("OPEN", "bold black on green") if door.granted else ("DENIED", "bold white on red")
-        door_line = Text.assemble("door ", verdict, f" {door.label} {door.score:.2f} ({door.reason}) at {door.end:.0f} s")
-    else:
-        door_line = Text("")
-    status_line = Text(f"{status} · latency {latency:.0f} ms · dropped {state.dropped}/{state.overflows} · "
-                       f"{state.stream_time:.0f} s", style="grey70", overflow="ellipsis", no_wrap=True)
-    return Panel(Group(who, strip, door_line, status_line), title=Text(state.name or state.source, style="bold"),
-                 title_align="left", border_style=colour(current.label) if current and speaking else "grey37", height=6)
+        status_line.append_text(Text.assemble("door ", verdict, f" {door.label} at {door.end:.0f} s · "))
+    status_line.append(f"{status} · latency {latency:.0f} ms · dropped {state.dropped}/{state.overflows} · "
+                       f"{state.stream_time:.0f} s", style="grey70")
+    return Panel(Group(who, strip, status_line), title=Text(state.name or state.source, style="bold"),
+                 title_align="left", border_style=colour(current.label) if current and speaking else "grey37", height=5)
 
 
 def render_all(states: list[LiveState], threshold: float, width: int = 80) -> RenderableType:

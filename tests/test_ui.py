@@ -63,3 +63,25 @@ def test_ui_shows_the_door_state():
     text = "\n".join(lines)
     assert "door OPEN bob score 0.77 / 0.62" in text and "cooldown 10 s" in text
     assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+
+
+def test_four_inputs_each_get_a_panel_within_80x24():
+    from spkrec.daemon.door import DoorEvent
+    from spkrec.daemon.ui import render_all
+
+    states = []
+    for i, name in enumerate(("front", "back", "lobby", "garage")):
+        state = _state()
+        state.name = name
+        if i == 1:
+            state.handle(SilenceEvent(19.0, 21.0))
+        if i == 2:
+            state.handle(DoorEvent("bob", True, 0.77, "authorised", 17.0, 19.0, (0.77,), 29.0))
+        states.append(state)
+    console = Console(record=True, width=80, height=24, force_terminal=True, color_system="truecolor")
+    console.print(render_all(states, threshold=0.62, width=80))
+    lines = console.export_text().rstrip("\n").splitlines()
+    text = "\n".join(lines)
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80, text
+    for part in ("4 inputs", "front", "back", "lobby", "garage", "bob", "0.77 / 0.62", "silence", "OPEN", "latency 55 ms"):
+        assert part in text, f"{part!r} missing from the screen:\n{text}"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import soundfile as sf
@@ -140,3 +143,36 @@ def test_event_reader_going_away_is_not_a_traceback(trained_run):
     _, err = daemon.communicate(timeout=120)
     assert json.loads(first)["event"] == "status"
     assert daemon.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_two_microphones_each_labelled_with_its_own_voice(trained_run, mic, tmp_path):
+    """Two real (virtual) microphones, two voices at once: `--device front=pulse --device
+    back=vmic2`, each stream labelled with the voice played into its own microphone."""
+    sink2, env = mic.add_microphone("vmic2")
+    wavs = {}
+    for name, speaker in (("front", "1688"), ("back", "2033")):
+        audio, rate = sf.read(str(_longest(speaker)), dtype="float32")
+        wavs[name] = tmp_path / f"{name}.wav"
+        sf.write(str(wavs[name]), audio[: 8 * rate], rate, subtype="PCM_16")
+    config = tmp_path / "config.toml"
+    config.write_text('[decision]\noperating_point = "fixed"\nthreshold = 0.0\n')
+    events = tmp_path / "events.jsonl"
+    daemon = subprocess.Popen([live_exe(), "--model", str(trained_run / "model.onnx"), "--config", str(config),
+                               "--device", "front=pulse", "--device", "back=vmic2", "--no-ui", "--events", str(events)],
+                              env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (not events.is_file() or events.read_text().count('"listening"') < 2) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        players = [mic.play(wavs["front"]), mic.play(wavs["back"], sink=sink2)]
+        assert all(p.wait(120) == 0 for p in players)
+        time.sleep(2.5)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, stderr
+    found = _events(events)
+    for name, speaker in (("front", "1688"), ("back", "2033")):
+        labels = [label for _, label in _speaker_windows(found, name)]
+        assert len(labels) >= 8 and labels.count(speaker) > len(labels) / 2, (name, labels)

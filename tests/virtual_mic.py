@@ -55,9 +55,26 @@ class VirtualMic:
         self.stop()
         raise RuntimeError(f"PulseAudio did not start; see {self.root / 'pulse.log'}")
 
-    def play(self, wav: Path) -> subprocess.Popen:
+    def play(self, wav: Path, sink: str = SINK) -> subprocess.Popen:
         """Play a 16 kHz mono WAV into the sink (what the 'microphone' hears)."""
-        return subprocess.Popen(["paplay", f"--device={SINK}", str(wav)], env={**os.environ, **self.env})
+        return subprocess.Popen(["paplay", f"--device={sink}", str(wav)], env={**os.environ, **self.env})
+
+    def add_microphone(self, name: str) -> tuple[str, dict[str, str]]:
+        """A second microphone: another null sink (with its own steady clock) whose monitor ALSA
+        offers as PCM ``name`` (an ~/.asoundrc in a HOME of its own). Returns (sink to play into,
+        environment for the program that records from ``name``)."""
+        sink = f"{name}_sink"
+        home = self.root / f"home-{name}"
+        if not home.is_dir():
+            env = {**os.environ, **self.env}
+            for args in (["module-null-sink", f"sink_name={sink}", f"rate={self.rate}", "channels=1", "format=s16le"],
+                         ["module-null-source", f"source_name={name}_silence"],
+                         ["module-loopback", f"source={name}_silence", f"sink={sink}", "latency_msec=20"]):
+                subprocess.run(["pactl", "load-module", *args], env=env, check=True, capture_output=True)
+            home.mkdir()
+            (home / ".asoundrc").write_text(f'pcm.{name} {{\n  type pulse\n  device "{sink}.monitor"\n'
+                                            f'  hint {{ show on description "spkrec test microphone {name}" }}\n}}\n')
+        return sink, {**self.env, "HOME": str(home)}
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

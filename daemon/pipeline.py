@@ -29,7 +29,8 @@ from .state import LiveState
 from .vad import Vad
 from .windowing import Window, Windower
 
-MAX_BATCH = 64  # windows per engine call when a fast (file) stream has queued many
+MAX_BATCH = 16  # windows per engine call when a fast (file) stream has queued many: ONNX Runtime's
+# memory arena grows to the largest batch it has run (64 held ~800 MB on the CPU, 16 about half)
 
 
 @dataclass

@@ -33,7 +33,7 @@ MAX_BATCH = 16  # windows per engine call when a fast (file) stream has queued m
 # memory arena grows to the largest batch it has run (64 held ~800 MB on the CPU, 16 about half)
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not field equality: streams are kept in sets
 class Stream:
     """One input and everything that is per input. ``sinks`` are this stream's own (door,
     meeting turns); the pipeline's shared sinks (event log, UI) see every stream's events."""
@@ -48,7 +48,7 @@ class Stream:
     shared: Sequence[Sink] = ()
 
     def emit(self, event: Event) -> None:
-        if self.name and dataclasses.is_dataclass(event) and not getattr(event, "stream", ""):
+        if self.name and not event.stream:  # every event type has the field
             event = dataclasses.replace(event, stream=self.name)
         self.state.handle(event)
         for sink in (*self.sinks, *self.shared):
@@ -113,17 +113,16 @@ class Pipeline:
                    for s in self.streams]
         for reader in readers:
             reader.start()
-        live, failures = set(range(len(self.streams))), []
-        index = {id(s): i for i, s in enumerate(self.streams)}
+        live, failures = set(self.streams), []
         try:
             while live:
-                batch = self._gather(due, live, index)
+                batch = self._gather(due, live)
                 windows = []
                 for stream, item in batch:
                     if isinstance(item, Window):
                         windows.append((stream, item))
                     else:  # the stream ended (None) or failed (an exception)
-                        live.discard(index[id(stream)])
+                        live.discard(stream)
                         if item is not None:
                             failures.append(item)
                             stream.emit(StatusEvent("error", str(item)))
@@ -138,13 +137,13 @@ class Pipeline:
         if failures:
             raise failures[0]
 
-    def _gather(self, due: queue.Queue, live: set[int], index: dict[int, int]) -> list:
+    def _gather(self, due: queue.Queue, live: set[Stream]) -> list:
         """The next batch: the first due window, then those of the other live streams at the same
         hop (waiting at most ``batch_wait_s``), plus whatever else is already queued."""
         batch = [due.get()]
         deadline = time.monotonic() + self.batch_wait_s
         while len(batch) < MAX_BATCH:
-            waiting = live - {index[id(s)] for s, _ in batch}
+            waiting = live - {s for s, _ in batch}
             try:
                 if waiting:
                     batch.append(due.get(timeout=max(0.0, deadline - time.monotonic())))

@@ -121,7 +121,7 @@ class Trainer:
         if t.batch_size % group.world_size:
             raise DataError(f"train.batch_size {t.batch_size} must divide evenly among {group.world_size} "
                             "processes (it is the global batch)")
-        self.cfg, self.clips, self.labels, self.group, self.device = cfg, train_clips, labels, group, device
+        self.clips, self.labels, self.group, self.device = train_clips, labels, group, device
         self.window = int(round(t.window_s * t.sample_rate))
         self.label_index = {label: i for i, label in enumerate(labels)}
         net = build_net(len(labels), t)
@@ -207,18 +207,17 @@ class Trainer:
 
 def _decode_all(data: Path, val_data: Path | None, cfg: Config, group: Group, console: Console,
                 warn: Callable[[str], None]) -> tuple[list[datasets.Clip], list[datasets.Clip]]:
-    """Decode (rank 0 first, filling the cache the other ranks then read) and split."""
+    """Decode (under torchrun rank 0 first) and split."""
     t = cfg.train
     cache = cfg.cache_dir() / "decoded" if t.cache_audio else None
-    clips = val_clips = None
-    for turn in (True, False):  # the main rank's turn, then everyone else's
-        if group.main == turn:
-            quiet = (lambda msg: None) if not group.main else warn
-            with console.status(f"decoding {data} ..."):
-                clips = datasets.decode(datasets.discover(data), t.sample_rate, warn=quiet, cache=cache)
-                datasets.require_speakers(clips)
-                if val_data is not None:
-                    val_clips = datasets.decode(datasets.discover(val_data), t.sample_rate, warn=quiet, cache=cache)
+    if not group.main:
+        distributed.barrier(group)  # rank 0 decodes first and fills the cache the others then read
+    with console.status(f"decoding {data} ..."):  # other ranks' consoles are quiet
+        clips = datasets.decode(datasets.discover(data), t.sample_rate, warn=warn, cache=cache)
+        datasets.require_speakers(clips)
+        val_clips = None if val_data is None else datasets.decode(datasets.discover(val_data), t.sample_rate,
+                                                                  warn=warn, cache=cache)
+    if group.main:
         distributed.barrier(group)
     if val_data is not None:
         return clips, val_clips

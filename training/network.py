@@ -12,6 +12,39 @@ from torch import nn
 from .features import LogMel, SpecAugment
 
 
+class StatsPool(nn.Module):
+    """[B, C, freq, time] -> [B, 2C]: mean and standard deviation over time of the
+    frequency-averaged maps. A voice is a distribution of frames; the spread carries speaker
+    information that a plain average throws away (x-vector / WeSpeaker pooling)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype  # statistics in float32 (a variance overflows fp16), the result as it came
+        x = x.float().mean(dim=2)
+        mean = x.mean(dim=-1)
+        std = torch.sqrt(x.var(dim=-1, unbiased=False).clamp(min=1e-5))
+        return torch.cat([mean, std], dim=1).to(dtype)
+
+
+# Stem max-pool: ImageNet's 2x2 halves frequency and time; "time" halves time only, so layer4
+# keeps 5 of the 80 mel rows instead of 3 for about twice the convolution work; "none" keeps
+# the full 40 rows after conv1 for about four times the work.
+STEM_POOLS = {"2x2": (2, 2), "time": (1, 2), "none": None}
+POOLINGS = ("avg", "stats")
+
+
+def resnet50_backbone(stem_pool: str, pooling: str) -> tuple[nn.Module, int]:
+    """torchvision's ResNet50 on one input channel, shaped for speech; returns (net, output width)."""
+    backbone = torchvision.models.resnet50(weights=None)
+    backbone.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    stride = STEM_POOLS[stem_pool]
+    backbone.maxpool = nn.Identity() if stride is None else nn.MaxPool2d(3, stride=stride, padding=1)
+    backbone.fc = nn.Identity()
+    if pooling == "stats":
+        backbone.avgpool = StatsPool()
+        return backbone, 4096
+    return backbone, 2048
+
+
 class SpeakerNet(nn.Module):
     """waveform [B, T] -> (unit embedding [B, D], logits [B, n_speakers]).
 
@@ -21,15 +54,12 @@ class SpeakerNet(nn.Module):
 
     def __init__(self, n_speakers: int, embedding_dim: int = 256, sample_rate: int = 16000,
                  n_mels: int = 80, head: str = "aam", scale: float = 30.0,
-                 spec_augment: SpecAugment | None = None) -> None:
+                 spec_augment: SpecAugment | None = None, stem_pool: str = "2x2", pooling: str = "avg") -> None:
         super().__init__()
         self.frontend = LogMel(sample_rate, n_mels)
         self.spec_augment = spec_augment or nn.Identity()
-        backbone = torchvision.models.resnet50(weights=None)
-        backbone.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        backbone.fc = nn.Identity()
-        self.backbone = backbone
-        self.embed = nn.Sequential(nn.Linear(2048, embedding_dim), nn.BatchNorm1d(embedding_dim))
+        self.backbone, width = resnet50_backbone(stem_pool, pooling)
+        self.embed = nn.Sequential(nn.Linear(width, embedding_dim), nn.BatchNorm1d(embedding_dim))
         # Mean of the training embeddings, set once training ends (zero while training): without it a
         # briefly trained model puts every voice in one narrow cone and all cosines sit near 1.
         self.register_buffer("center", torch.zeros(embedding_dim))

@@ -211,7 +211,7 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     sample = enroll.gather(recordings, rate, cfg.vad)
     enroll.check(sample, None, cfg.enroll)
     embeddings = enroll.embed(engine, sample)
-    enroll.check(sample, embeddings, cfg.enroll)
+    enroll.check(sample, embeddings, cfg.enroll, engine.info.thresholds)
     speaker = Gallery(cfg.gallery_path()).add(args.name, engine.info.fingerprint, embeddings, sample.voiced_s)
     print(f"enrolled {speaker.name}: {speaker.voiced_s:.1f} s voiced in total, {speaker.windows} windows, "
           f"quality {speaker.quality:.2f} ({cfg.gallery_path()})")

@@ -1,40 +1,25 @@
-"""Which model a command uses: the configured one, or the embedded default model.
-
-The default model is built once by the training room (`spkrec default-model`, run as a
-separate process so the daemon never imports torch) and cached.
-"""
+"""Which model a command uses: the configured one, or the base model the package ships."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from rich.console import Console
 
+from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
 from spkrec.models.engine import Engine
 from spkrec.models.errors import ModelError
 
 
-def ensure_model(cfg: Config, console: Console, config_path: Path | None = None) -> Path:
-    """The configured model; else the default model, built once (it needs the train extra)."""
+def ensure_model(cfg: Config, console: Console | None = None, config_path: Path | None = None) -> Path:
+    """The configured model (``--model`` / ``[model] path``); else the shipped base model."""
     if cfg.model.path:
         path = Path(cfg.model.path).expanduser()
         if not path.is_file():
             raise ModelError(f"model file not found: {path} (check --model or [model] path)")
         return path
-    default = cfg.default_model_path()
-    if default.is_file():
-        return default
-    console.print("no model configured: building the default model once (a few minutes on a CPU) ...")
-    command = [str(Path(sys.executable).with_name("spkrec")), "default-model"]
-    if config_path is not None:
-        command += ["--config", str(config_path)]
-    done = subprocess.run(command, stdout=subprocess.DEVNULL)
-    if done.returncode != 0 or not default.is_file():
-        raise ModelError("could not build the default model (see above); pass --model PATH to use your own")
-    return default
+    return base_model_path()
 
 
 def open_engine(cfg: Config, console: Console, config_path: Path | None = None) -> Engine:

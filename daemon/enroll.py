@@ -7,6 +7,7 @@ bad voiceprint fails silently later (a door that never opens, or opens for the w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from spkrec.models.scoring import mean_embedding
 from spkrec.models.windows import frame_windows
 
 from .vad import Vad
+
+FALLBACK_CONSISTENCY = 0.5  # for models exported before they carried a "consistency" threshold
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,16 @@ def embed(engine: Engine, sample: Sample) -> np.ndarray:
     return engine.embed_windows(frame_windows(sample.voiced, info.window_samples, info.hop_samples))
 
 
-def problems(sample: Sample, embeddings: np.ndarray | None, checks: EnrollConfig) -> list[str]:
+def min_consistency(checks: EnrollConfig, thresholds: Mapping[str, float]) -> float:
+    """``[enroll] min_consistency``, or (0, the default) the model's own ``consistency``
+    threshold: cosines differ in scale from model to model, so a fixed one cannot fit all."""
+    if checks.min_consistency:
+        return checks.min_consistency
+    return float(thresholds.get("consistency", FALLBACK_CONSISTENCY))
+
+
+def problems(sample: Sample, embeddings: np.ndarray | None, checks: EnrollConfig,
+             thresholds: Mapping[str, float] | None = None) -> list[str]:
     """Everything wrong with an enrollment, each with its fix; empty when it may be saved."""
     found = []
     if sample.voiced_s < checks.min_voiced_s:
@@ -68,14 +80,16 @@ def problems(sample: Sample, embeddings: np.ndarray | None, checks: EnrollConfig
     if embeddings is not None and len(embeddings) > 1:
         # The 5th percentile, not the minimum: one cough or door slam should not void a session.
         agreement = float(np.percentile(embeddings @ mean_embedding(embeddings), 5))
-        if agreement < checks.min_consistency:
+        needed = min_consistency(checks, thresholds or {})
+        if agreement < needed:
             found.append(f"the recordings do not sound like one voice (window agreement {agreement:.2f} < "
-                         f"{checks.min_consistency}): enroll one speaker at a time")
+                         f"{needed:.2f}): enroll one speaker at a time")
     return found
 
 
-def check(sample: Sample, embeddings: np.ndarray | None, checks: EnrollConfig) -> None:
-    found = problems(sample, embeddings, checks)
+def check(sample: Sample, embeddings: np.ndarray | None, checks: EnrollConfig,
+          thresholds: Mapping[str, float] | None = None) -> None:
+    found = problems(sample, embeddings, checks, thresholds)
     if found:
         raise AudioError("enrollment refused: " + "; ".join(found))
 

@@ -101,7 +101,7 @@ class EnrollConfig:
     min_voiced_s: float = _opt(20.0, lo=1.0, hi=3600.0)
     max_clipped: float = _opt(0.001, lo=0.0, hi=1.0)
     min_level_db: float = _opt(-45.0, lo=-120.0, hi=0.0)
-    min_consistency: float = _opt(0.5, lo=-1.0, hi=1.0)
+    min_consistency: float = _opt(0.0, lo=-1.0, hi=1.0)
 
 
 @dataclass

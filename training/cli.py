@@ -15,10 +15,6 @@ from rich.table import Table
 
 from spkrec.models.config import Config
 
-# The demo model must build on a 2-core CPU in minutes, so it trains fewer steps than the
-# default recipe asks for a user's data (see README, "Default model").
-DEMO_OVERRIDES = {"train.min_steps": 150}
-
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict:
     """Add the training subcommands; returns {name: handler}."""
@@ -50,10 +46,19 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("weights", parents=[common], help="fetch and cache ImageNet ResNet50 weights (offline-safe)",
                        description="Build the ImageNet ResNet50 state dict used by --pretrained imagenet and cache it.")
 
-    p = sub.add_parser("default-model", parents=[common], help="build (once) and print the embedded default model",
-                       description="Train the default model on the demo corpus (four Fish Fillets voices from "
-                                   "Debian packages) and cache it; later calls reuse it.")
-    p.add_argument("--rebuild", action="store_true", help="train again even if a cached model exists")
+    p = sub.add_parser("default-model", parents=[common], help="show the shipped base model, or rebuild it (--rebuild)",
+                       description="Without --rebuild: the base model the package ships (path, fingerprint, data). "
+                                   "With --rebuild: its recipe, end to end: gather and pack every voice the "
+                                   "model may learn from, train the base encoder (a GPU: README, 'The base model') "
+                                   "and export it to --out.")
+    p.add_argument("--rebuild", action="store_true", help="run the recipe instead of showing the shipped model")
+    p.add_argument("--out", type=Path, help="with --rebuild: the ONNX file to write")
+    p.add_argument("--shared", type=Path, default=Path("../shared/data"),
+                   help="folder with librispeech-train-clean-100/ and fsdd/ (default ../shared/data)")
+    p.add_argument("--work", type=Path, help="with --rebuild: folder for the packed corpus and the run "
+                                            "(default: CACHE/base-model)")
+    p.add_argument("--steps", type=int, default=3477, help="optimisation steps (the shipped model's run: 3477)")
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu (a CPU takes days)")
     return {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "weights": cmd_weights,
             "default-model": cmd_default_model}
 
@@ -131,27 +136,48 @@ def cmd_weights(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_default_model(args: argparse.Namespace, cfg: Config) -> int:
-    path = cfg.default_model_path()
-    if path.is_file() and not args.rebuild:
-        _console().print(f"default model already built: {path}")
-        print(path)
-        return 0
-    from spkrec.models.config import apply_overrides
+    if not args.rebuild:
+        return _show_base_model()
+    if args.out is None:
+        raise SystemExit("spkrec default-model --rebuild needs --out PATH (the shipped file stays as it is)")
+    import torch
 
-    from spkrec.models.democorpus import build_corpus
-    from .train import run
+    from spkrec.models.errors import DataError
 
+    from . import basecorpus, baseexport, basemodel, pretrained
+
+    if args.device != "cpu" and not torch.cuda.is_available():
+        raise DataError("the base model's recipe needs a CUDA GPU (about 7 minutes of an H100); "
+                        "pass --device cpu to run it here anyway (days on a small CPU)")
     console = _console()
-    with console.status("fetching the demo corpus (Fish Fillets voices, Debian packages) ..."):
-        manifests = build_corpus(cfg.cache_dir())
-    apply_overrides(cfg, DEMO_OVERRIDES)
-    result = run(manifests["train"], cfg.cache_dir() / "runs" / "default", cfg, val_data=manifests["val"], console=console)
-    print_metrics(result.metrics, console)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(result.model_path.read_bytes())
-    partial.replace(path)
-    console.print(f"default model cached: [bold]{path}[/]")
+    work = args.work or cfg.cache_dir() / "base-model"
+    corpus = work / "corpus"
+    if not (corpus / "index.json").is_file():
+        basecorpus.pack(basecorpus.gather(args.shared, cfg.cache_dir() / "base-corpus", console.print), corpus)
+    state, source = pretrained.resolve("imagenet", cfg.cache_dir(), console.print)
+    weights = work / "imagenet.pt"
+    torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, weights)
+    basemodel.main(["train", "--corpus", str(corpus), "--out", str(work / "run"), "--imagenet", str(weights),
+                    "--steps", str(args.steps), "--stem-pool", "none", "--device", args.device])
+    baseexport.export_base(work / "run" / "base.pt", corpus, args.out, console.print)
+    return 0
+
+
+def _show_base_model() -> int:
+    from spkrec.models.base import base_model_path
+    from spkrec.models.engine import Engine
+
+    path = base_model_path()
+    info = Engine(path, provider="cpu").info
+    t = info.training
+    table = Table(title="shipped base model", show_header=False)
+    for name, value in [("file", str(path)), ("fingerprint", info.fingerprint), ("size", f"{path.stat().st_size / 1e6:.1f} MB"),
+                        ("window / hop", f"{info.window_s:g} s / {info.hop_s:g} s at {info.sample_rate} Hz"),
+                        ("trained on", ", ".join(f"{k} {v['voices']}" for k, v in t.get("data", {}).items())),
+                        ("pretrained", str(t.get("pretrained", ""))),
+                        ("thresholds", ", ".join(f"{k} {v:.3f}" for k, v in info.thresholds.items()))]:
+        table.add_row(name, value)
+    Console().print(table)
     print(path)
     return 0
 

@@ -12,19 +12,19 @@ from rich.console import Console
 from rich.table import Table
 
 from spkrec.models.config import Config
-from spkrec.models.democorpus import build_corpus
 from spkrec.models.errors import DeviceError, SpkrecError
 from spkrec.models.gallery import Gallery
 
 from .decisions import Decider, DeciderSettings
 from .default_model import open_engine
+from .demo import demo_gallery, demo_source
 from .devices import resolve
 from .door import DoorSink
 from .meeting import Meeting, summary
 from .pipeline import Pipeline, Stream
 from .roster import Roster, decision_threshold
 from .sinks import JsonlSink, LogSink, ProgressSink
-from .sources import DemoSource, FileSource, MicrophoneSource, StdinSource
+from .sources import FileSource, MicrophoneSource, StdinSource
 from .state import LiveState
 from .ui import TerminalUI
 from .vad import Vad
@@ -89,8 +89,8 @@ def build_source(spec: InputSpec, args: argparse.Namespace, cfg: Config, rate: i
     except DeviceError as exc:
         if spec.device or not alone:
             raise
-        console.print(f"[yellow]{exc}: running on the demo stream instead[/]")
-        return DemoSource(build_corpus(cfg.cache_dir())["heldout"], rate, block_s), True
+        console.print(f"[yellow]{exc}: running the demo instead (enrollment, then a conversation)[/]")
+        return demo_source(cfg, rate), True
     # Device status events reach the sinks once the stream exists (see run_live).
     return MicrophoneSource(device, rate, block_s, cfg.audio.queue_s, cfg.audio.reconnect_max_s, lambda e: None), False
 
@@ -119,12 +119,13 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     engine.warm_up_batches(len(specs))  # a new batch shape's first call is slow (README, GPU)
     window_s = cfg.stream.window_s or info.window_s
     hop_s = cfg.stream.hop_s or info.hop_s
-    gallery = open_gallery(cfg)
+    sources = [build_source(spec, args, cfg, info.sample_rate, console, alone=len(specs) == 1) for spec in specs]
+    # The demo enrolls its voices into a gallery of its own; the user's is never touched.
+    gallery = demo_gallery(engine, cfg, console) if any(demo for _, demo in sources) else open_gallery(cfg)
     roster = Roster(info, gallery, cfg.decision.trained_speakers)
     threshold = decision_threshold(cfg, info, gallery)
     streams = []
-    for spec in specs:
-        source, demo = build_source(spec, args, cfg, info.sample_rate, console, alone=len(specs) == 1)
+    for spec, (source, demo) in zip(specs, sources):
         state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
                           timeline_s=cfg.ui.timeline_s, demo=demo, name=spec.name)
         decider = Decider(roster, DeciderSettings(threshold, cfg.decision.margin, cfg.stream.smoothing,

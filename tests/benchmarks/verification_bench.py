@@ -8,6 +8,15 @@ Speakers (all real LibriSpeech, read from ../shared/data, never copied into the 
   calibration (26) and as strangers at the door (25); the other 200 voices train spkrec's
   model (``--run``; trained here with ``spkrec train`` when the folder has no model yet).
 
+``--model PATH`` instead scores an existing spkrec ONNX model (nothing is trained). When its
+metadata names held-out voices (``training['held_out_voices']``, as the shipped base model's
+does: the train-clean-100 voices kept out of its training for model selection), those voices
+are the strangers at the door, so the strangers are voices the model never heard; the
+calibration impostors stay the calibration share above minus any held-out voice, and they *were*
+in such a model's training (the base model trained on every other train-clean-100 voice). The
+enrolled test-other voices were never trained on. A model without that metadata keeps the split
+above, and whether it heard the strangers is then unknown.
+
 Measured, for each system:
 1. verification on utterances (a test recording's mean embedding against each voiceprint):
    EER and minDCF (p_target 0.01), raw cosine and with adaptive s-norm (cohort: the
@@ -28,11 +37,14 @@ the venv without its dependency on the original webrtcvad (webrtcvad-wheels prov
     .venv/bin/pip install --no-deps resemblyzer && .venv/bin/pip install librosa
     .venv/bin/python tests/benchmarks/verification_bench.py --run /tmp/bench-run \
         [--out tests/benchmarks/results/verification.json]
+    .venv/bin/python tests/benchmarks/verification_bench.py --model models/base/spkrec-base.onnx \
+        --out tests/benchmarks/results/verification_base.json
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import shlex
 import subprocess
@@ -70,13 +82,38 @@ ENROLL_FILES = 6
 COHORT_TOP_K = 100
 
 
-def voice_split() -> tuple[list[Path], list[Path], list[Path]]:
-    """(training voices, calibration impostors, stranger impostors) of train-clean-100."""
+def voice_split(held_out: list[str] | None = None) -> tuple[list[Path], list[Path], list[Path]]:
+    """(training voices, calibration impostors, stranger impostors) of train-clean-100.
+
+    ``held_out``: train-clean-100 voice ids a given model never heard (see `held_out_voices`);
+    they become the strangers, and the calibration impostors are the usual share without them
+    (the training list is then only this benchmark's own split, not the model's)."""
     voices = sorted(p for p in MANY.iterdir() if p.is_dir())
     train = [v for i, v in enumerate(voices) if i % 5]
     calibration = [v for i, v in enumerate(voices) if i % 10 == 0]
     strangers = [v for i, v in enumerate(voices) if i % 10 == 5]
+    if held_out:
+        missing = sorted(set(held_out) - {v.name for v in voices})
+        if missing:
+            raise SystemExit(f"held-out voices not in {MANY}: {', '.join(missing)}")
+        strangers = [v for v in voices if v.name in held_out]
+        calibration = [v for v in calibration if v.name not in held_out]
+        train = [v for v in train if v.name not in held_out]
     return train, calibration, strangers
+
+
+def held_out_voices(info) -> list[str]:
+    """The train-clean-100 voice ids (folder names) a model's metadata says it never trained on
+    (``training['held_out_voices']``, labels like ``libri-1234``); empty when it says nothing."""
+    labels = (info.training or {}).get("held_out_voices") or []
+    return sorted(label.removeprefix("libri-") for label in labels if label.startswith("libri-"))
+
+
+def run_facts() -> dict[str, Any]:
+    """Date and the machine as `nproc` and /proc/cpuinfo see it, next to live_bench.machine()."""
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "nproc": int(nproc) if nproc.isdigit() else nproc}
 
 
 TRAIN_FLAGS = ["--min-steps", "500", "--freeze-layers", "2", "--seed", "0"]
@@ -135,9 +172,10 @@ def door_attempt(engine: Any, path: Path, names: tuple[str, ...], prints: np.nda
     return doors
 
 
-def evaluate(engine: Any, rate: int, window_s: float, hop_s: float) -> dict[str, Any]:
+def evaluate(engine: Any, rate: int, window_s: float, hop_s: float,
+             held_out: list[str] | None = None) -> dict[str, Any]:
     cfg = Config()
-    _, calibration_voices, strangers = voice_split()
+    _, calibration_voices, strangers = voice_split(held_out)
     speakers = sorted(p for p in ENROLLED.iterdir() if p.is_dir())
     started = time.perf_counter()
     enrolled, tests = {}, []  # tests: (speaker, path)
@@ -175,15 +213,18 @@ def evaluate(engine: Any, rate: int, window_s: float, hop_s: float) -> dict[str,
 
     # 3. the door at default settings, with that threshold, everyone enrolled authorised
     cfg.door.authorized = list(names)
-    misses = wrong = 0
-    for speaker, path in tests:
-        granted = [d.label for d in door_attempt(engine, path, names, prints, cal.threshold, cfg, window_s, hop_s,
-                                                 rate) if d.granted]
-        misses += speaker not in granted
-        wrong += any(label != speaker for label in granted)
-    opened_for_strangers = sum(
-        any(d.granted for d in door_attempt(engine, p, names, prints, cal.threshold, cfg, window_s, hop_s, rate))
-        for p in stranger_files)
+    misses = wrong = opened_for_strangers = 0
+    visits = []  # each attempt's door decisions, for reading the rates above
+    for speaker, path in [*tests, *(("stranger", p) for p in stranger_files)]:
+        doors = door_attempt(engine, path, names, prints, cal.threshold, cfg, window_s, hop_s, rate)
+        granted = [d.label for d in doors if d.granted]
+        if speaker == "stranger":
+            opened_for_strangers += bool(granted)
+        else:
+            misses += speaker not in granted
+            wrong += any(label != speaker for label in granted)
+        visits.append({"speaker": speaker, "file": path.name, "granted": granted,
+                       "denied": [f"{d.label}: {d.reason} ({d.score:.3f})" for d in doors if not d.granted]})
     # window-level rates at the calibrated threshold on the door trials' own utterances, for reference
     frr, far = rates_at(raw[np.arange(len(tests)), truth[:len(tests)]], raw[len(tests):].ravel(), cal.threshold)
     return {
@@ -193,7 +234,7 @@ def evaluate(engine: Any, rate: int, window_s: float, hop_s: float) -> dict[str,
         "utterance_rates_at_threshold": {"frr": round(frr, 4), "far": round(far, 4)},
         "door": {"attempts": len(tests), "frr": round(misses / len(tests), 4),
                  "wrong_name_grants": wrong, "stranger_attempts": len(stranger_files),
-                 "far": round(opened_for_strangers / len(stranger_files), 4)},
+                 "far": round(opened_for_strangers / len(stranger_files), 4), "visits": visits},
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -211,23 +252,46 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="spkrec run folder (trained here if it has no model)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", type=Path, help="spkrec run folder (trained here if it has no model)")
+    which.add_argument("--model", type=Path, help="an existing spkrec ONNX model (no training); its held-out "
+                       "voices, if its metadata names them, are the strangers")
     parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/verification.json")
     parser.add_argument("--skip-resemblyzer", action="store_true")
     args = parser.parse_args()
-    if not (args.run / "model.onnx").is_file():
+    if args.model is None and not (args.run / "model.onnx").is_file():
         train_model(args.run, voice_split()[0])
-    engine = Engine(args.run / "model.onnx", "cpu")
+    model = args.model if args.model is not None else args.run / "model.onnx"
+    if not model.is_file():
+        raise SystemExit(f"no model at {model}")
+    engine = Engine(model, "cpu")
     info = engine.info
-    systems = {"spkrec (ResNet50, 200 voices)": engine}
+    held_out = held_out_voices(info) if args.model is not None else []
+    _, calibration_voices, strangers = voice_split(held_out)
+    systems = {(f"spkrec {model.name}" if args.model is not None else "spkrec (ResNet50, 200 voices)"): engine}
     if not args.skip_resemblyzer:
         systems["Resemblyzer 0.1.4 (GE2E)"] = ResemblyzerEngine(info)
-    results = {"command": shlex.join([sys.executable, *sys.argv]),
-               "train": f"spkrec train <folder of the 200 training voices> --out RUN {shlex.join(TRAIN_FLAGS)}",
-               "machine": machine(), "model": {"fingerprint": info.fingerprint,
+    if held_out:
+        protocol = (f"strangers at the door: the model's {len(strangers)} held-out train-clean-100 voices "
+                    f"(training['held_out_voices']), never in its training; calibration impostors: "
+                    f"{len(calibration_voices)} other train-clean-100 voices, which WERE in its training; "
+                    "enrolled: the 10 test-other voices, never trained on")
+    elif args.model is not None:
+        protocol = ("the model names no held-out voices: default split (strangers and calibration impostors from "
+                    "train-clean-100); whether the model heard them is unknown")
+    else:
+        protocol = ("default split: the model is trained here on the other 200 train-clean-100 voices; strangers, "
+                    "calibration impostors and the enrolled test-other voices are all unseen by it")
+    results = {"command": shlex.join([sys.executable, *sys.argv]), **run_facts(), "machine": machine(),
+               "model": {"path": str(model), "fingerprint": info.fingerprint,
                          "training": {k: v for k, v in info.training.items() if k != "per_speaker"}},
-               "systems": {name: evaluate(e, info.sample_rate, info.window_s, info.hop_s)
-                           for name, e in systems.items()}}
+               "protocol": protocol, "strangers": [v.name for v in strangers],
+               "calibration_impostors": [v.name for v in calibration_voices]}
+    if args.model is None:
+        results["train"] = f"spkrec train <folder of the 200 training voices> --out RUN {shlex.join(TRAIN_FLAGS)}"
+    results["systems"] = {name: evaluate(e, info.sample_rate, info.window_s, info.hop_s, held_out)
+                          for name, e in systems.items()}
+    print(results["protocol"])
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

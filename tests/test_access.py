@@ -1,9 +1,9 @@
 """Open-set access control end to end: enroll voices the model never heard, calibrate on them,
 and let the door hook decide through the real virtual microphone.
 
-The model (``voices_run``) was trained on the train-clean-100 voices only; every voice here
-comes from test-other: two are enrolled, one of them authorised; a third is a stranger; four
-more serve as the impostor recordings that calibration needs.
+The model is the shipped base model, which never heard test-other; every voice here comes from
+there: two are enrolled, one of them authorised; a third is a stranger; three more serve as the
+impostor recordings that calibration needs.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,33 +141,48 @@ def test_missing_model_is_a_one_line_error(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_no_microphone_falls_back_to_the_demo_stream(live_setup, tmp_path):
+def test_no_microphone_runs_the_demo_with_enrollment(tmp_path):
+    """No model configured and no microphone: the shipped model enrolls three demo voices on
+    screen and labels their conversation; the fourth voice, never enrolled, is 'unknown'."""
+    from spkrec.daemon.demo import STRANGER
+    from spkrec.daemon.sources import demo_conversation
+    from spkrec.models.base import base_model_path
+    from spkrec.models.config import Config
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}  # no sound server: no input device
     events = tmp_path / "demo.jsonl"
-    process = subprocess.Popen([live_exe(), "--model", live_setup["model"], "--no-ui", "--events", str(events)],
-                               env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([live_exe(), "--no-ui", "--events", str(events)], env=env, stderr=subprocess.PIPE,
+                               text=True, cwd=tmp_path)
     try:
-        wait_for(events, '"speaker"', timeout=120)
+        wait_for(events, '"speaker"', timeout=300)  # the first run fetches the demo voices (Debian packages)
+        _, turns = demo_conversation(Config().cache_dir() / "demo" / "heldout.csv", 16000)
+        time.sleep(turns[-1][1])  # one pass of the looping conversation
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
-    assert "running on the demo stream instead" in stderr
-    assert len([line for line in stderr.splitlines() if "demo stream" in line]) == 1
-    first = conversation.read_events(events)[0]
-    assert first["source"] == "demo conversation (no microphone)"
+    assert "running the demo instead" in stderr
+    enrolled = [line for line in stderr.splitlines() if line.startswith("demo: enrolled")]
+    assert len(enrolled) == 3 and STRANGER not in " ".join(enrolled)
+    got = conversation.read_events(events)
+    assert got[0]["source"] == "demo conversation (no microphone)" and got[0]["model"] == str(base_model_path())
+    expected = [(start, end, "unknown" if who == STRANGER else who) for start, end, who in turns]
+    right, total = conversation.speaker_agreement(got, expected)
+    assert total >= 40 and right / total >= 0.7, (right, total)
+    labels = conversation.turn_labels(got, expected)
+    assert labels.count("unknown") >= 1 and len(set(labels) - {"unknown", ""}) == 3, labels
 
 
-def test_unconfigured_model_means_the_cached_default_model(trained_run, live_setup, tmp_path):
-    cache = tmp_path / "cache"
-    (cache / "models").mkdir(parents=True)
-    shutil.copy(trained_run / "model.onnx", cache / "models" / "default.onnx")
+def test_unconfigured_model_means_the_shipped_base_model(live_setup, tmp_path):
+    from spkrec.models.base import base_model_path
+
     config = tmp_path / "config.toml"
-    config.write_text(f"[paths]\ncache_dir = \"{cache}\"\n")
+    config.write_text(f"[paths]\ncache_dir = \"{tmp_path / 'cache'}\"\n")
     events = tmp_path / "events.jsonl"
     spkrec("live", "--config", str(config), "--input", str(live_setup["wav"]), "--fast", "--no-ui",
            "--events", str(events), check=True)
-    assert conversation.read_events(events)[0]["model"] == str(cache / "models" / "default.onnx")
+    assert conversation.read_events(events)[0]["model"] == str(base_model_path())
+    assert not (tmp_path / "cache" / "models").exists()  # nothing built
 
 
 def test_door_opens_for_the_authorised_voice_only(live_setup, tmp_path):

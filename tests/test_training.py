@@ -16,7 +16,7 @@ from spkrec.training import data as datasets
 from spkrec.training.export import parity
 from spkrec.training.reexport import load_run
 
-from conftest import TRAIN_SPEAKERS, spkrec
+from conftest import LIBRI, TRAIN_SPEAKERS, spkrec
 
 
 def _validation(run_dir):
@@ -30,7 +30,7 @@ def test_run_writes_model_metrics_and_plots(trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     for key in ("file_accuracy", "window_accuracy", "confusion", "file_pairs", "thresholds", "pretrained"):
         assert key in metrics, key
-    assert "imagenet" in metrics["pretrained"]
+    assert metrics["pretrained"].startswith("speaker (base model")  # the default: fine-tune the shipped encoder
     assert set(metrics["file_pairs"]) >= {"eer", "min_dcf_p0.01"}
     assert np.array(metrics["confusion"]).sum() == len(_validation(trained_run))
     assert metrics["parity_max_abs_diff"] <= 1e-3
@@ -115,7 +115,7 @@ def test_torchrun_two_gloo_processes_train_like_one(speakers_dir, tmp_path):
     run = tmp_path / "run"
     done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python", str(spkrec_exe),
                            "train", str(speakers_dir), "--out", str(run), "--epochs", "1", "--min-steps", "0",
-                           "--batch-size", "8", "--freeze-layers", "3", "--pretrained", "none", "--seed", "0"],
+                           "--steps-per-speaker", "0", "--batch-size", "8", "--freeze-layers", "3", "--pretrained", "none", "--seed", "0"],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.count("distributed: 2 processes (gloo), 4 crops each per step") == 1  # rank 0 speaks
@@ -135,7 +135,7 @@ def test_resume_continues_from_the_checkpoint(trained_run, speakers_dir, tmp_pat
     before = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"]
     extra = before + 1
     done = spkrec("train", str(speakers_dir), "--out", str(run), "--epochs", str(extra), "--min-steps", "0",
-                  "--batch-size", "16", "--freeze-layers", "2", "--resume", check=True)
+                  "--steps-per-speaker", "0", "--batch-size", "16", "--freeze-layers", "2", "--resume", check=True)
     assert f"resuming after epoch {before}" in done.stderr
     assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"] == extra
 
@@ -161,8 +161,29 @@ def test_broken_and_foreign_models_are_one_line_errors(trained_run, tmp_path, sp
 def test_same_seed_same_model(speakers_dir, tmp_path):
     fingerprints = []
     for name in ("a", "b"):
-        spkrec("train", str(speakers_dir), "--out", str(tmp_path / name), "--epochs", "1", "--min-steps", "2",
+        spkrec("train", str(speakers_dir), "--out", str(tmp_path / name), "--epochs", "1", "--min-steps", "2", "--steps-per-speaker", "0",
                "--batch-size", "4", "--freeze-layers", "3", "--seed", "7", check=True)
         fingerprints.append(json.loads((tmp_path / name / "metrics.json").read_text())["fingerprint"])
     assert fingerprints[0] == fingerprints[1]
     assert (tmp_path / "a" / "split.json").read_text() == (tmp_path / "b" / "split.json").read_text()
+
+
+def test_held_out_voices_pick_the_epoch_and_stay_out_of_training(tmp_path):
+    """With train.val_voices set, whole voices are kept out of training and the epoch exported is
+    the one with the lowest open-set EER on them."""
+    data = tmp_path / "voices"
+    data.mkdir()
+    voices = sorted(d.name for d in LIBRI.iterdir() if d.is_dir())[:5]
+    for speaker in voices:
+        (data / speaker).symlink_to(LIBRI / speaker, target_is_directory=True)
+    config = tmp_path / "config.toml"
+    config.write_text("[train]\nval_voices = 2\n")
+    run = tmp_path / "run"
+    done = spkrec("train", str(data), "--out", str(run), "--config", str(config), "--epochs", "2", "--min-steps", "0",
+                  "--steps-per-speaker", "0", "--batch-size", "4", "--freeze-layers", "4", "--seed", "0", check=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    held = metrics["held_out_voices"]
+    assert len(held["voices"]) == 2 and len(held["per_epoch"]) == 2
+    assert held["eer"] == min(held["per_epoch"]) and f"kept epoch {held['best_epoch']}" in done.stderr
+    labels = Engine(run / "model.onnx", provider="cpu").info.labels
+    assert len(labels) == 3 and not set(labels) & set(held["voices"])

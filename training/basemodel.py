@@ -28,12 +28,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from spkrec.models.calibration import verification
 from spkrec.models.config import AugmentConfig
 from spkrec.models.errors import DataError
 
 from . import pretrained
 from .augment import Augmenter
+from .evaluate import pair_eer
 from .features import SpecAugment
 from .network import MarginLoss, SpeakerNet
 
@@ -58,7 +58,7 @@ class Recipe:
     speed_factors: tuple[float, ...] = (0.9, 1.0, 1.1)
     val_voices: int = 16
     evals: int = 12
-    stem_pool: str = "time"
+    stem_pool: str = "none"
     pooling: str = "stats"
     embedding_dim: int = 256
     n_mels: int = 80
@@ -156,14 +156,6 @@ def embed(net: SpeakerNet, windows: np.ndarray, device: torch.device, batch: int
             raw = net.encode(feats.contiguous(memory_format=torch.channels_last))
         out.append(net.outputs(raw.float())[0].float().cpu().numpy())
     return np.concatenate(out)
-
-
-def pair_eer(embeddings: np.ndarray, labels: list[str]) -> float:
-    """Equal-error rate over all pairs of the given (unit) embeddings."""
-    scores = embeddings @ embeddings.T
-    same = np.equal.outer(np.array(labels), np.array(labels))
-    upper = np.triu(np.ones_like(same, dtype=bool), k=1)
-    return verification(scores[upper & same], scores[upper & ~same]).eer
 
 
 def voice_eer(net: SpeakerNet, voices: dict[str, np.ndarray], recipe: Recipe, device: torch.device) -> float:
@@ -392,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--steps", type=int, default=0)
     t.add_argument("--budget-s", type=float, default=300.0)
     t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--stem-pool", default="time", choices=("2x2", "time", "none"))
+    t.add_argument("--stem-pool", default="none", choices=("2x2", "time", "none"))
     t.add_argument("--pooling", default="stats", choices=("avg", "stats"))
     t.add_argument("--val-voices", type=int, default=16)
     t.add_argument("--seed", type=int, default=0)

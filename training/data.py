@@ -158,6 +158,26 @@ def split(clips: list[Clip], val_fraction: float, seed: int) -> tuple[list[Clip]
     return train, val
 
 
+def voices_to_hold(speakers: int, setting: int) -> int:
+    """How many whole voices to keep out of training for open-set model selection: ``setting``,
+    or (-1) 5 % of the speakers, 4 to 16, once there are 20 or more (fewer is a closed set:
+    every voice is needed for training and its own held-out files judge it)."""
+    if setting >= 0:
+        return setting
+    return 0 if speakers < 20 else min(16, max(4, round(0.05 * speakers)))
+
+
+def hold_out_voices(train: list[Clip], val: list[Clip], count: int,
+                    seed: int) -> tuple[list[Clip], list[Clip], list[Clip]]:
+    """(train, val, held-out voices): ``count`` speakers, chosen by seed, with all their files."""
+    labels = sorted({c.label for c in train + val})
+    if count >= len(labels) - 1:
+        raise DataError(f"train.val_voices = {count} would leave fewer than two speakers to train on")
+    held = set(np.random.default_rng(seed).choice(labels, size=count, replace=False).tolist())
+    return ([c for c in train if c.label not in held], [c for c in val if c.label not in held],
+            [c for c in train + val if c.label in held])
+
+
 def write_split(path: Path, train: list[Clip], val: list[Clip]) -> None:
     """Record which file went where, so a run can be audited and reproduced."""
     def rows(clips: list[Clip]) -> list[dict]:

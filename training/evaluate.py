@@ -46,6 +46,24 @@ def embed_clips(embed: EmbedFn, clips: Sequence[Clip], window: int, batch_size: 
     return out
 
 
+def pair_eer(embeddings: np.ndarray, labels: Sequence[str]) -> float:
+    """Equal-error rate over all pairs of the given unit embeddings (same label = target)."""
+    scores = embeddings @ embeddings.T
+    same = np.equal.outer(np.array(labels), np.array(labels))
+    upper = np.triu(np.ones_like(same, dtype=bool), k=1)
+    return verification(scores[upper & same], scores[upper & ~same]).eer
+
+
+def open_set_eer(embed: EmbedFn, clips: Sequence[Clip], window: int, per_voice: int = 8) -> float:
+    """Window-pair EER on voices the run never trains on: what enrolling a stranger will meet."""
+    windows, labels = [], []
+    for e in embed_clips(embed, clips, window):
+        room = per_voice - labels.count(e.label)
+        windows.append(e.windows[:room])
+        labels += [e.label] * len(e.windows[:room])
+    return pair_eer(np.concatenate(windows), labels)
+
+
 def prototypes(embedded: Sequence[Embedded], labels: Sequence[str]) -> np.ndarray:
     """Normalised mean embedding of each speaker's audio: enrollment, applied to training data."""
     rows = []

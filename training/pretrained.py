@@ -1,5 +1,8 @@
 """ImageNet ResNet50 weights for the backbone, online or offline.
 
+``--pretrained speaker`` (the default) starts from the base speaker model the package ships:
+the whole network (backbone and embedding layer), read back from its ONNX file.
+
 Order of attempts for ``--pretrained imagenet``:
 1. torchvision's own IMAGENET1K_V2 weights, if already in the torch hub cache (TORCH_HOME);
 2. our converted copy in the spkrec cache;
@@ -168,4 +171,66 @@ def adapt_to_single_channel(state: dict[str, torch.Tensor]) -> dict[str, torch.T
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if state["conv1.weight"].shape[1] == 3:
         state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
+    return state
+
+
+def _onnx_values(model) -> dict[str, np.ndarray]:
+    """Every initializer by name, with fp16-stored ones (Cast to float32) under the Cast's output."""
+    from onnx import numpy_helper
+
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]].astype(np.float32)
+    return values
+
+
+def _module_path(node_name: str) -> str:
+    """'/net/backbone/layer1/layer1.0/conv1/Conv' -> 'backbone.layer1.0.conv1' (torch's export
+    scopes repeat the parent's name in each child's: 'layer1' / 'layer1.0')."""
+    parts: list[str] = []
+    for part in node_name.split("/")[2:-1]:
+        parts.append(part[len(parts[-1]) + 1:] if parts and part.startswith(parts[-1] + ".") else part)
+    return ".".join(parts)
+
+
+def _norm_after(conv: str) -> str:
+    if conv.endswith("downsample.0"):
+        return conv[:-1] + "1"
+    head, _, name = conv.rpartition(".")
+    return f"{head}.{name.replace('conv', 'bn')}"
+
+
+def speaker_state_from_onnx(path: Path, eps: float = TORCH_BN_EPS) -> dict[str, torch.Tensor]:
+    """The network weights of a spkrec encoder exported from ``SpeakerNet`` (the base model).
+
+    Export folds each batch norm into the convolution before it. Here the convolution takes the
+    folded weight and its batch norm becomes a pass-through plus the folded bias (weight 1,
+    mean 0, variance 1 - eps): in eval mode the network computes exactly what the file does,
+    and fine-tuning trains every layer from there.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    values = _onnx_values(model)
+    state: dict[str, torch.Tensor] = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv" or "/backbone/" not in node.name:
+            continue
+        conv = _module_path(node.name)
+        weight, bias = values[node.input[1]], values[node.input[2]]
+        norm = _norm_after(conv)
+        state[f"{conv}.weight"] = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+        state[f"{norm}.weight"] = torch.ones(len(bias))
+        state[f"{norm}.bias"] = torch.from_numpy(bias.astype(np.float32))
+        state[f"{norm}.running_mean"] = torch.zeros(len(bias))
+        state[f"{norm}.running_var"] = torch.full((len(bias),), 1.0 - eps)
+        state[f"{norm}.num_batches_tracked"] = torch.tensor(0)
+    prefix = "net."
+    for name, value in values.items():
+        if (name.startswith(prefix + "embed.") or name == prefix + "center") and not name.endswith("_fp16"):
+            state[name[len(prefix):]] = torch.from_numpy(np.array(value, dtype=np.float32))
+    if "embed.0.weight" not in state or "backbone.conv1.weight" not in state:
+        raise DataError(f"{path} is not a spkrec encoder this version can fine-tune from")
+    state["embed.1.num_batches_tracked"] = torch.tensor(0)
     return state

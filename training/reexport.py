@@ -42,7 +42,9 @@ def load_run(run_dir: Path) -> tuple[SpeakerNet, dict, TrainConfig]:
         raise DataError(f"{run_dir} has no model.pt: train first with `spkrec train DATA --out {run_dir}`")
     saved = torch.load(saved_path, map_location="cpu", weights_only=False)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    t = from_dict({"train": {k: v for k, v in saved["config"]["train"].items() if k in known}}).train
+    # runs from before the speech-shaped network had torchvision's stem max-pool and average pooling
+    train = {"stem_pool": "2x2", "pooling": "avg", **saved["config"]["train"]}
+    t = from_dict({"train": {k: v for k, v in train.items() if k in known}}).train
     net = build_net(len(saved["labels"]), t)
     missing, unexpected = net.load_state_dict(saved["model"], strict=False)
     if unexpected or set(missing) - {"center"}:  # runs from before centring have no "center": zero, as trained

@@ -30,7 +30,7 @@ from spkrec.models.windows import fit_length
 from . import data as datasets
 from . import distributed, pretrained
 from .augment import Augmenter
-from .evaluate import Embedded, embed_clips, evaluate, prototypes, save_confusion_png
+from .evaluate import Embedded, embed_clips, evaluate, open_set_eer, prototypes, save_confusion_png
 from .export import check_parity, export_onnx
 from .distributed import Group
 from .features import SpecAugment
@@ -70,18 +70,39 @@ def seed_everything(seed: int, device: torch.device) -> None:
 def build_net(n_speakers: int, t: TrainConfig) -> SpeakerNet:
     masking = SpecAugment(t.augment.freq_mask_bins, t.augment.time_mask_frames) if t.augment.spec_augment else None
     return SpeakerNet(n_speakers, t.embedding_dim, t.sample_rate, t.n_mels, head=t.loss,
-                      scale=t.aam_scale, spec_augment=masking)
+                      scale=t.aam_scale, spec_augment=masking, stem_pool=t.stem_pool, pooling=t.pooling)
 
 
-def load_backbone(net: SpeakerNet, spec: str, cache_dir: Path, log: Callable[[str], None]) -> str:
-    """Put pretrained weights into the backbone; returns where they came from."""
-    state, source = pretrained.resolve(spec, cache_dir, log)
+def load_backbone(net: SpeakerNet, t: TrainConfig, cache_dir: Path, log: Callable[[str], None]) -> str:
+    """Put pretrained weights into the network; returns where they came from."""
+    if t.pretrained == "speaker":
+        return load_speaker_model(net, t)
+    state, source = pretrained.resolve(t.pretrained, cache_dir, log)
     if state is not None:
         state = pretrained.adapt_to_single_channel(state)
         missing, unexpected = net.backbone.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if not k.startswith("fc.")]:
             raise DataError(f"pretrained weights do not fit ResNet50: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return source
+
+
+def load_speaker_model(net: SpeakerNet, t: TrainConfig) -> str:
+    """The shipped base model's whole network (backbone and embedding layer) as the start."""
+    from spkrec.models.base import base_model_path
+    from spkrec.models.engine import Engine
+
+    path = base_model_path()
+    info = Engine(path, provider="cpu").info
+    recipe = info.training.get("recipe", {})
+    for key in ("stem_pool", "pooling", "embedding_dim", "n_mels", "sample_rate"):
+        if key in recipe and recipe[key] != getattr(t, key):
+            raise DataError(f"--pretrained speaker: the base model has {key} = {recipe[key]!r} but train.{key} is "
+                            f"{getattr(t, key)!r}; set it to match, or use --pretrained imagenet")
+    missing, unexpected = net.load_state_dict(pretrained.speaker_state_from_onnx(path), strict=False)
+    if unexpected or set(missing) - {"classifier", "linear.weight", "linear.bias"}:
+        raise DataError(f"--pretrained speaker: the base model does not fit (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    return f"speaker (base model {info.fingerprint})"
 
 
 def lr_factor(step: int, total: int, t: TrainConfig) -> float:
@@ -125,7 +146,7 @@ class Trainer:
         self.window = int(round(t.window_s * t.sample_rate))
         self.label_index = {label: i for i, label in enumerate(labels)}
         net = build_net(len(labels), t)
-        self.source = load_backbone(net, t.pretrained, cfg.cache_dir(), log)
+        self.source = load_backbone(net, t, cfg.cache_dir(), log)
         net.freeze(t.freeze_layers)
         self.net = net.to(device).to(memory_format=torch.channels_last)
         self.model = self.net
@@ -135,7 +156,8 @@ class Trainer:
         self.trainable = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=t.lr, weight_decay=t.weight_decay)
         self.per_epoch = datasets.steps_per_epoch(train_clips, self.window, t.batch_size)
-        self.epochs = datasets.epochs_needed(t.epochs, t.min_steps, self.per_epoch)
+        self.min_steps = max(t.min_steps, t.steps_per_speaker * len(labels))
+        self.epochs = datasets.epochs_needed(t.epochs, self.min_steps, self.per_epoch)
         self.total = self.epochs * self.per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.total, t))
         self.loss_fn = MarginLoss(t.aam_margin, t.aam_scale) if t.loss == "aam" else torch.nn.CrossEntropyLoss()
@@ -247,13 +269,18 @@ def _run(data: Path, run_dir: Path, cfg: Config, val_data: Path | None, resume: 
     if group.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     train_clips, val_clips = _decode_all(data, val_data, cfg, group, console, warn)
+    held = datasets.voices_to_hold(len({c.label for c in train_clips + val_clips}), t.val_voices)
+    voice_clips: list[datasets.Clip] = []
+    if held:
+        train_clips, val_clips, voice_clips = datasets.hold_out_voices(train_clips, val_clips, held, t.seed)
     labels = datasets.require_speakers(train_clips)
     train_summary = datasets.summary(train_clips, t.sample_rate)
     if group.main:
         datasets.write_split(run_dir / "split.json", train_clips, val_clips)
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     console.print(f"data: {train_summary['speakers']} speakers, {train_summary['files']} training files "
-                  f"({train_summary['seconds'] / 60:.1f} min), {len(val_clips)} validation files")
+                  f"({train_summary['seconds'] / 60:.1f} min), {len(val_clips)} validation files"
+                  + (f", {held} held-out voices for open-set selection" if held else ""))
 
     trainer = Trainer(cfg, train_clips, labels, group, device, console.print)
     if group.active:
@@ -267,7 +294,8 @@ def _run(data: Path, run_dir: Path, cfg: Config, val_data: Path | None, resume: 
     if trainer.epochs != t.epochs:
         console.print(f"{t.epochs} epochs would be only {t.epochs * trainer.per_epoch} steps: training "
                       f"{trainer.epochs} epochs ({trainer.total} steps of {t.batch_size}) to reach "
-                      f"train.min_steps = {t.min_steps}")
+                      f"{trainer.min_steps} steps (train.min_steps, train.steps_per_speaker x {len(labels)} speakers)")
+    selector = BestOnHeldOutVoices(trainer.net, voice_clips, trainer.window, device)
 
     history = []
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
@@ -277,7 +305,10 @@ def _run(data: Path, run_dir: Path, cfg: Config, val_data: Path | None, resume: 
         batches = trainer.batches(start_epoch)
         for epoch in range(start_epoch, trainer.epochs):
             stats = trainer.train_epoch(epoch, batches, lambda text: progress.update(task, advance=1, stats=text))
+            selector.after_epoch(stats)
             history.append(stats)
+            if epoch == start_epoch and device.type == "cpu":
+                warn_if_long(stats["seconds"] * (trainer.epochs - epoch - 1), trainer.total, console)
             if group.main:  # one writer: the checkpoint is written once, not once per rank
                 trainer.save_checkpoint(checkpoint, epoch + 1)
             if not console.is_terminal:
@@ -285,10 +316,59 @@ def _run(data: Path, run_dir: Path, cfg: Config, val_data: Path | None, resume: 
                               f"acc {stats['accuracy']:.3f} {stats['samples_per_s']:.1f} samples/s, "
                               f"data wait {stats['data_wait_share']:.0%}")
     distributed.barrier(group)
+    selector.restore_best(console)
     if not group.main:
         return RunResult(run_dir, run_dir / "model.onnx", {}, main=False)
-    return finish(trainer.net, device, run_dir, cfg, labels, train_clips, val_clips, train_summary,
-                  trainer.source, history, trainer.total, console, group)
+    result = finish(trainer.net, device, run_dir, cfg, labels, train_clips, val_clips, train_summary,
+                    trainer.source, history, trainer.total, console, group)
+    if voice_clips:
+        result.metrics["held_out_voices"] = selector.report()
+        (run_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
+    return result
+
+
+class BestOnHeldOutVoices:
+    """Open-set model selection: after each epoch, window-pair EER on voices the run never trains
+    on; the epoch with the lowest is the one exported. Many-voice runs overfit their training
+    voices long before the loss says so (README, "The base model"). Every rank computes the same
+    figure on the same audio, so all of them keep the same epoch."""
+
+    def __init__(self, net: SpeakerNet, clips: list[datasets.Clip], window: int, device: torch.device) -> None:
+        self.net, self.clips, self.window, self.device = net, clips, window, device
+        self.best: tuple[float, int, dict] | None = None
+        self.history: list[float] = []
+
+    def after_epoch(self, stats: dict) -> None:
+        if not self.clips:
+            return
+        self.net.eval()
+        eer = open_set_eer(_embedder(self.net, self.device), self.clips, self.window)
+        self.net.train()
+        stats["held_out_voice_eer"] = eer
+        self.history.append(eer)
+        if self.best is None or eer <= self.best[0]:
+            self.best = (eer, stats["epoch"], {k: v.detach().clone() for k, v in self.net.state_dict().items()})
+
+    def restore_best(self, console: Console) -> None:
+        if self.best is None:
+            return
+        eer, epoch, state = self.best
+        self.net.load_state_dict(state)
+        console.print(f"kept epoch {epoch}: held-out voice EER {eer:.2%} (lowest of {len(self.history)})")
+
+    def report(self) -> dict:
+        eer, epoch, _ = self.best
+        return {"voices": sorted({c.label for c in self.clips}), "best_epoch": epoch, "eer": eer,
+                "per_epoch": self.history}
+
+
+def warn_if_long(remaining_s: float, steps: int, console: Console, limit_s: float = 3600.0) -> None:
+    """A many-voice run on a CPU: say what it will take, once, after the first epoch."""
+    if remaining_s > limit_s:
+        console.print(f"[yellow]note: {steps} steps on this CPU will take about {remaining_s / 3600:.1f} more hours. "
+                      "A GPU does this in minutes (--device cuda; README, GPU); or fine-tune the shipped "
+                      "encoder briefly (--pretrained speaker, the default, with fewer --min-steps "
+                      "and train.steps_per_speaker = 0).[/]")
 
 
 def _restore(checkpoint: Path, labels: list[str], net, optimizer, scheduler, augmenter) -> int:

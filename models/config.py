@@ -213,10 +213,6 @@ class Config:
         base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
         return Path(base) / "spkrec" / "gallery.sqlite"
 
-    def default_model_path(self) -> Path:
-        """The embedded default model, built once from the demo corpus (``spkrec default-model``)."""
-        return self.cache_dir() / "models" / "default.onnx"
-
     def threshold_for(self, thresholds: Mapping[str, float], calibrated: float | None = None) -> float:
         """The decision threshold: the gallery's calibration, a model operating point, or the fixed value.
 

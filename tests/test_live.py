@@ -156,7 +156,7 @@ def test_no_microphone_runs_the_demo_with_enrollment(tmp_path):
     try:
         wait_for(events, '"speaker"', timeout=300)  # the first run fetches the demo voices (Debian packages)
         _, turns = demo_conversation(Config().cache_dir() / "demo" / "heldout.csv", 16000)
-        time.sleep(turns[-1][1])  # one pass of the looping conversation
+        time.sleep(60)  # every voice has had a turn or two by then
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
@@ -168,7 +168,7 @@ def test_no_microphone_runs_the_demo_with_enrollment(tmp_path):
     assert got[0]["source"] == "demo conversation (no microphone)" and got[0]["model"] == str(base_model_path())
     expected = [(start, end, "unknown" if who == STRANGER else who) for start, end, who in turns]
     right, total = conversation.speaker_agreement(got, expected)
-    assert total >= 40 and right / total >= 0.7, (right, total)
+    assert total >= 30 and right / total >= 0.7, (right, total)
     labels = conversation.turn_labels(got, expected)
     assert labels.count("unknown") >= 1 and len(set(labels) - {"unknown", ""}) == 3, labels
 

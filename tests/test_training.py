@@ -115,7 +115,8 @@ def test_torchrun_two_gloo_processes_train_like_one(speakers_dir, tmp_path):
     run = tmp_path / "run"
     done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python", str(spkrec_exe),
                            "train", str(speakers_dir), "--out", str(run), "--epochs", "1", "--min-steps", "0",
-                           "--steps-per-speaker", "0", "--batch-size", "8", "--freeze-layers", "3", "--pretrained", "none", "--seed", "0"],
+                           "--steps-per-speaker", "0", "--batch-size", "8", "--freeze-layers", "3", "--pretrained", "none",
+                           "--stem-pool", "2x2", "--pooling", "avg", "--seed", "0"],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.count("distributed: 2 processes (gloo), 4 crops each per step") == 1  # rank 0 speaks
@@ -135,7 +136,7 @@ def test_resume_continues_from_the_checkpoint(trained_run, speakers_dir, tmp_pat
     before = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"]
     extra = before + 1
     done = spkrec("train", str(speakers_dir), "--out", str(run), "--epochs", str(extra), "--min-steps", "0",
-                  "--steps-per-speaker", "0", "--batch-size", "16", "--freeze-layers", "2", "--resume", check=True)
+                  "--steps-per-speaker", "0", "--batch-size", "16", "--freeze-layers", "4", "--resume", check=True)
     assert f"resuming after epoch {before}" in done.stderr
     assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"] == extra
 
@@ -162,7 +163,8 @@ def test_same_seed_same_model(speakers_dir, tmp_path):
     fingerprints = []
     for name in ("a", "b"):
         spkrec("train", str(speakers_dir), "--out", str(tmp_path / name), "--epochs", "1", "--min-steps", "2", "--steps-per-speaker", "0",
-               "--batch-size", "4", "--freeze-layers", "3", "--seed", "7", check=True)
+               "--batch-size", "4", "--freeze-layers", "3", "--pretrained", "none", "--stem-pool", "2x2",
+               "--pooling", "avg", "--seed", "7", check=True)
         fingerprints.append(json.loads((tmp_path / name / "metrics.json").read_text())["fingerprint"])
     assert fingerprints[0] == fingerprints[1]
     assert (tmp_path / "a" / "split.json").read_text() == (tmp_path / "b" / "split.json").read_text()

@@ -149,23 +149,13 @@ def _apt_extract(package: str, cache_dir: Path, log: Log) -> Path:
 # ----------------------------------------------------------------------------------------- sources
 
 
-def gather_librispeech(folder: Path, prefix: str, licence: str, log: Log) -> list[Source]:
-    """One identity per LibriSpeech speaker folder."""
+def gather_folders(folder: Path, pattern: str, prefix: str, origin: str, licence: str, log: Log) -> list[Source]:
+    """One identity per speaker folder (LibriSpeech, FSDD: the folder is the speaker)."""
     out = []
     for spk in sorted(p for p in folder.iterdir() if p.is_dir()):
-        pieces = _whole_files(spk.rglob("*.flac"), log)
+        pieces = _whole_files(spk.rglob(pattern), log)
         if pieces:
-            out.append(Source(f"{prefix}-{spk.name}", "librispeech", licence, pieces))
-    return out
-
-
-def gather_fsdd(folder: Path, log: Log) -> list[Source]:
-    """One identity per FSDD speaker folder (digits at 8 kHz; resampled when packed)."""
-    out = []
-    for spk in sorted(p for p in folder.iterdir() if p.is_dir()):
-        pieces = _whole_files(spk.glob("*.wav"), log)
-        if pieces:
-            out.append(Source(f"fsdd-{spk.name}", "fsdd", LICENCE_FSDD, pieces))
+            out.append(Source(f"{prefix}-{spk.name}", origin, licence, pieces))
     return out
 
 
@@ -343,10 +333,10 @@ def gather(shared_data: Path, cache_dir: Path, log: Log = print) -> list[Source]
     cache_dir.mkdir(parents=True, exist_ok=True)
     test_ids = {p.name for p in (shared_data / "librispeech-test-other").iterdir() if p.is_dir()} \
         if (shared_data / "librispeech-test-other").is_dir() else set()
-    sources = [s for s in gather_librispeech(shared_data / "librispeech-train-clean-100", "libri",
-                                             LICENCE_LIBRI, log)
+    sources = [s for s in gather_folders(shared_data / "librispeech-train-clean-100", "*.flac", "libri",
+                                         "librispeech", LICENCE_LIBRI, log)
                if s.label.removeprefix("libri-") not in test_ids]
-    sources += gather_fsdd(shared_data / "fsdd", log)
+    sources += gather_folders(shared_data / "fsdd", "*.wav", "fsdd", "fsdd", LICENCE_FSDD, log)
     sources += gather_klettres(_apt_extract("klettres-data", cache_dir, log), log)
     sources += gather_hedgewars(_apt_extract("hedgewars-data", cache_dir, log), log)
     tests = _pyannote_tests(cache_dir, log)

@@ -15,7 +15,7 @@ daemon's own process (which never imports torch). Results: a Markdown table on s
 ``--out`` JSON. Not a pytest test: run it by hand on an otherwise idle machine.
 
     .venv/bin/python tests/benchmarks/live_bench.py [--minutes 10] [--realtime-seconds 60] \
-        [--model ~/.cache/spkrec/models/default.onnx] [--out tests/benchmarks/results/live_cpu.json]
+        [--model MODEL.onnx (default: the shipped base model)] [--out tests/benchmarks/results/live_cpu.json]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from spkrec.daemon.sources import FileSource, demo_conversation
 from spkrec.daemon.state import LiveState
 from spkrec.daemon.vad import Vad
 from spkrec.daemon.windowing import Windower
+from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
 from spkrec.models.democorpus import build_corpus
 from spkrec.models.engine import Engine
@@ -180,14 +181,12 @@ def time_calls(call: Callable[[np.ndarray], Any], windows: np.ndarray, warmup: i
     return times
 
 
-def find_run_dir(model: Path, explicit: Path | None, cfg: Config) -> Path | None:
+def find_run_dir(model: Path, explicit: Path | None) -> Path | None:
     """The training run whose model.pt this .onnx was exported from, when we can tell."""
     if explicit is not None:
         return explicit
     if (model.parent / "model.pt").is_file():  # a run directory's own model.onnx
         return model.parent
-    if model.resolve() == cfg.default_model_path().resolve():  # `spkrec default-model` trains here
-        return cfg.cache_dir() / "runs" / "default"
     return None
 
 
@@ -236,7 +235,7 @@ def table(r: dict[str, Any]) -> str:
 def main() -> None:
     cfg = Config()  # packaged defaults (= the repo's config.toml), so runs are comparable anywhere
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=cfg.default_model_path())
+    parser.add_argument("--model", type=Path, default=base_model_path())
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="training run holding model.pt (default: found from --model when possible)")
     parser.add_argument("--minutes", type=float, default=10.0, help="audio for the fast (RTF, RSS) run")
@@ -295,7 +294,7 @@ def main() -> None:
     print(f"per-window timings: {args.windows} windows ...", file=sys.stderr)
     onnx_ms = time_calls(engine.embed, windows, args.warmup)
     result["onnx_cpu_b1_ms"] = percentiles(onnx_ms)
-    run_dir = find_run_dir(model, args.run_dir, cfg)
+    run_dir = find_run_dir(model, args.run_dir)
     if run_dir is None or not (run_dir / "model.pt").is_file():
         where = run_dir / "model.pt" if run_dir else "no training run found for this .onnx (use --run-dir)"
         result["torch_eager_cpu_b1_ms"] = {"skipped": f"model.pt not available: {where}"}

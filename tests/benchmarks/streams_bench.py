@@ -33,6 +33,7 @@ from live_bench import machine, make_stream, percentiles, write_wav  # noqa: E40
 from spkrec.daemon.events import Event, SpeakerEvent  # noqa: E402
 from spkrec.daemon.pipeline import Pipeline  # noqa: E402
 from spkrec.models.audio import load_audio  # noqa: E402
+from spkrec.models.base import base_model_path  # noqa: E402
 from spkrec.models.config import Config  # noqa: E402
 from spkrec.models.engine import Engine  # noqa: E402
 
@@ -78,7 +79,7 @@ def mean_batch(pipeline: Pipeline) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=Config().default_model_path())
+    parser.add_argument("--model", type=Path, default=base_model_path())
     parser.add_argument("--seconds", type=float, default=60.0, help="audio per input for the real-time factor")
     parser.add_argument("--realtime-seconds", type=float, default=30.0, help="audio per input for latency")
     parser.add_argument("--counts", default="1,2,4")

@@ -190,7 +190,7 @@ def cmd_label(args: argparse.Namespace, cfg: Config) -> int:
 def _engine(args: argparse.Namespace, cfg: Config):
     from .default_model import open_engine
 
-    return open_engine(cfg, Console(stderr=True), args.config)
+    return open_engine(cfg, Console(stderr=True))
 
 
 def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:

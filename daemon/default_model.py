@@ -12,7 +12,7 @@ from spkrec.models.engine import Engine
 from spkrec.models.errors import ModelError
 
 
-def ensure_model(cfg: Config, console: Console | None = None, config_path: Path | None = None) -> Path:
+def ensure_model(cfg: Config) -> Path:
     """The configured model (``--model`` / ``[model] path``); else the shipped base model."""
     if cfg.model.path:
         path = Path(cfg.model.path).expanduser()
@@ -22,10 +22,10 @@ def ensure_model(cfg: Config, console: Console | None = None, config_path: Path 
     return base_model_path()
 
 
-def open_engine(cfg: Config, console: Console, config_path: Path | None = None) -> Engine:
+def open_engine(cfg: Config, console: Console) -> Engine:
     """The inference session every command uses, with a visible warning when CUDA was wanted
     but the session runs on the CPU (onnxruntime-gpu installed, CUDA libraries not loadable)."""
-    engine = Engine(ensure_model(cfg, console, config_path), cfg.model.provider, cfg.model.threads,
+    engine = Engine(ensure_model(cfg), cfg.model.provider, cfg.model.threads,
                     io_binding=cfg.model.io_binding)
     if engine.fell_back:
         console.print(f"[bold yellow]warning: CUDA was wanted but ONNX Runtime runs the model on "

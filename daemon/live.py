@@ -111,7 +111,7 @@ def _shared_sinks(args: argparse.Namespace, cfg: Config, states: list[LiveState]
 
 def run_live(args: argparse.Namespace, cfg: Config) -> int:
     console = Console(stderr=True)
-    engine = open_engine(cfg, console, args.config)
+    engine = open_engine(cfg, console)
     info = engine.info
     specs = input_specs(args, cfg)
     if getattr(args, "meeting", False) and len(specs) > 1:

@@ -34,8 +34,9 @@ from spkrec.models.calibration import verification
 from spkrec.models.engine import Engine
 from spkrec.models.errors import ModelError
 from spkrec.models.scoring import mean_embedding, normalize
+from spkrec.models.windows import fit_length, frame_windows
 
-from .basemodel import Recipe, build, load_speakers, read_index, windows_of
+from .basemodel import Recipe, build, load_speakers, read_index
 from .export import _save_atomically, _stamp, export_onnx
 from .network import SpeakerNet
 
@@ -67,7 +68,7 @@ def load_encoder(path: Path) -> tuple[SpeakerNet, Recipe, dict]:
 
 
 def _window_embeddings(net: SpeakerNet, audio: np.ndarray, recipe: Recipe) -> np.ndarray:
-    windows = windows_of(audio, int(recipe.crop_s * recipe.sample_rate), recipe.sample_rate // 2)
+    windows = frame_windows(audio, int(recipe.crop_s * recipe.sample_rate), recipe.sample_rate // 2)
     with torch.no_grad():
         return net(torch.from_numpy(windows))[0].numpy()
 
@@ -192,7 +193,7 @@ def export_base(weights: Path, corpus: Path, out: Path, log=print) -> ModelInfo:
 
 def check_against_torch(net: SpeakerNet, path: Path, voices: dict[str, np.ndarray]) -> float:
     """Lowest cosine between the file's embeddings and float32 PyTorch's on real windows."""
-    batch = np.stack([windows_of(a, 32000, 16000, limit=1)[0] for a in list(voices.values())[:8]])
+    batch = np.stack([fit_length(a, 32000) for a in list(voices.values())[:8]])
     with torch.no_grad():
         reference = net(torch.from_numpy(batch))[0].numpy()
     served = Engine(path, provider="cpu").embed(batch)

@@ -30,6 +30,7 @@ import torch
 
 from spkrec.models.config import AugmentConfig
 from spkrec.models.errors import DataError
+from spkrec.models.windows import frame_windows
 
 from . import pretrained
 from .augment import Augmenter
@@ -139,12 +140,6 @@ class GpuCorpus:
 
 # --- scoring --------------------------------------------------------------------------------
 
-def windows_of(audio: np.ndarray, length: int, hop: int, limit: int | None = None) -> np.ndarray:
-    count = max(1, 1 + (len(audio) - length) // hop)
-    starts = [i * hop for i in range(count)][:limit]
-    return np.stack([np.pad(audio[s:s + length], (0, max(0, s + length - len(audio)))) for s in starts])
-
-
 @torch.no_grad()
 def embed(net: SpeakerNet, windows: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
     net.eval()
@@ -163,7 +158,7 @@ def voice_eer(net: SpeakerNet, voices: dict[str, np.ndarray], recipe: Recipe, de
     length = int(recipe.crop_s * recipe.sample_rate)
     windows, labels = [], []
     for label, audio in voices.items():
-        w = windows_of(audio, length, recipe.sample_rate, limit=8)
+        w = frame_windows(audio, length, recipe.sample_rate)[:8]
         windows.append(w)
         labels += [label] * len(w)
     return pair_eer(embed(net, np.concatenate(windows), device), labels)
@@ -179,7 +174,7 @@ def file_eer(net: SpeakerNet, test_dir: Path, recipe: Recipe, device: torch.devi
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
         if rate != recipe.sample_rate:
             raise DataError(f"{path}: {rate} Hz, expected {recipe.sample_rate}")
-        e = embed(net, windows_of(audio.mean(axis=1), length, hop), device).mean(axis=0)
+        e = embed(net, frame_windows(audio.mean(axis=1), length, hop), device).mean(axis=0)
         means.append(e / np.linalg.norm(e))
         labels.append(path.parent.name)
     return pair_eer(np.stack(means), labels)

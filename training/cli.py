@@ -141,11 +141,11 @@ def cmd_weights(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_default_model(args: argparse.Namespace, cfg: Config) -> int:
     if not args.rebuild:
         return _show_base_model()
-    if args.out is None:
-        raise SystemExit("spkrec default-model --rebuild needs --out PATH (the shipped file stays as it is)")
-    import torch
-
     from spkrec.models.errors import DataError
+
+    if args.out is None:
+        raise DataError("spkrec default-model --rebuild needs --out PATH (the shipped file stays as it is)")
+    import torch
 
     from . import basecorpus, baseexport, basemodel, pretrained
 

@@ -17,10 +17,9 @@ import conversation
 from conftest import live_exe, play_to_daemon, spkrec, wait_for
 from virtual_mic import VirtualMic
 
-# A one-minute test model's calibrated threshold rests on a few dozen validation windows; the
-# live tests check who is labelled, so they decide on the best score alone. Open-set
-# "unknown" decisions with calibrated thresholds are tested apart.
-TEST_CONFIG = "[decision]\noperating_point = \"fixed\"\nthreshold = 0.0\n"
+# The test model is fine-tuned from the base model, which separates these voices: the live tests
+# decide at its own calibrated threshold (the EER point of its validation files), as a user's would.
+TEST_CONFIG = ""
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +93,12 @@ def test_other_input_rates_are_resampled(live_setup, fast_events, tmp_path):
     assert done.returncode == 0, done.stderr.decode()
     events = [json.loads(line) for line in done.stdout.decode().splitlines()]
     assert events[0]["native_rate"] == 8000 and events[0]["rate"] == 16000
-    assert conversation.turn_labels(events, live_setup["turns"]) == conversation.turn_labels(fast_events, live_setup["turns"])
+    # the same evidence either way: each window's best-scoring voice (the accept/unknown decision
+    # at the calibrated threshold can tip differently for a window scored right at it)
+    best = lambda evs: [{**e, "label": e["candidates"][0][0]} if e["event"] == "speaker" and e["candidates"] else e
+                        for e in evs]  # noqa: E731
+    assert conversation.turn_labels(best(events), live_setup["turns"]) == \
+        conversation.turn_labels(best(fast_events), live_setup["turns"])
     assert abs(events[-1]["stream_s"] - sf.info(live_setup["wav"]).duration) < 0.1
 
 

@@ -23,11 +23,7 @@ from live_bench import make_stream  # noqa: E402  (the benchmark's stream builde
 
 from spkrec.daemon.pipeline import Pipeline  # noqa: E402
 
-CONFIG = """[decision]
-operating_point = "fixed"
-threshold = 0.0
-
-[inputs.front]
+CONFIG = """[inputs.front]
 file = "{front}"
 [inputs.front.door]
 authorized = ["1688"]
@@ -101,7 +97,6 @@ def test_windows_due_at_the_same_hop_share_one_engine_call(trained_run, tmp_path
     block of each other, and each hop's three go to the engine together."""
     engine = Engine(trained_run / "model.onnx", provider="cpu")
     cfg = Config()
-    cfg.decision.operating_point = "fixed"
     streams = []
     for speaker in ("1688", "1998", "2033"):
         audio, rate = sf.read(str(_longest(speaker)), dtype="float32")
@@ -155,7 +150,7 @@ def test_two_microphones_each_labelled_with_its_own_voice(trained_run, mic, tmp_
         wavs[name] = tmp_path / f"{name}.wav"
         sf.write(str(wavs[name]), audio[: 8 * rate], rate, subtype="PCM_16")
     config = tmp_path / "config.toml"
-    config.write_text('[decision]\noperating_point = "fixed"\nthreshold = 0.0\n')
+    config.write_text("")  # the model's own calibrated threshold
     events = tmp_path / "events.jsonl"
     daemon = subprocess.Popen([live_exe(), "--model", str(trained_run / "model.onnx"), "--config", str(config),
                                "--device", "front=pulse", "--device", "back=vmic2", "--no-ui", "--events", str(events)],

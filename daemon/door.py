@@ -16,36 +16,14 @@ import threading
 import time
 import urllib.request
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from spkrec.models.config import DoorConfig
 from spkrec.models.scoring import UNKNOWN
 
-from .events import Event, SilenceEvent, SpeakerEvent, tagged
-
-
-@dataclass(frozen=True)
-class DoorEvent:
-    """A door decision, on the event stream and in the audit log."""
-
-    label: str
-    granted: bool
-    score: float
-    reason: str
-    start: float
-    end: float
-    scores: tuple[float, ...]
-    cooldown_until: float = 0.0  # stream time before which the door will not open again
-    wall_time: float = field(default_factory=time.time)
-    stream: str = field(default="", kw_only=True)  # which input, when several are served
-
-    def to_dict(self) -> dict:
-        data = {"event": "door", "label": self.label, "granted": self.granted, "score": round(self.score, 4),
-                "reason": self.reason, "start": round(self.start, 3), "end": round(self.end, 3),
-                "scores": [round(s, 4) for s in self.scores], "time": round(self.wall_time, 3)}
-        return tagged(self, data)
+from .events import DoorEvent, Event, SilenceEvent, SpeakerEvent
 
 
 class DoorPolicy:

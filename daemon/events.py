@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 
 
 def tagged(event, data: dict) -> dict:
-    """Add the stream's name to an event's JSON when the daemon serves named streams."""
+    """Add the stream's name when the daemon serves named streams, and ``"demo": true`` to every
+    event of the demo stream, so no integrator can take a demo voice for a real visitor."""
     if event.stream:
         data["stream"] = event.stream
+    if event.demo:
+        data["demo"] = True
     return data
 
 
@@ -31,6 +34,7 @@ class SpeakerEvent:
     latency_ms: float = 0.0  # end of the window's audio arriving -> this event
     speech: tuple[float, float] = (0.0, 0.0)  # first and last voiced instant inside the window
     stream: str = field(default="", kw_only=True)  # which input, when several are served
+    demo: bool = field(default=False, kw_only=True)  # made up by the demo stream, not heard
 
     def to_dict(self) -> dict:
         data = {"event": "speaker", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
@@ -48,6 +52,7 @@ class SilenceEvent:
     start: float
     end: float
     stream: str = field(default="", kw_only=True)  # which input, when several are served
+    demo: bool = field(default=False, kw_only=True)  # made up by the demo stream, not heard
 
     def to_dict(self) -> dict:
         data = {"event": "silence", "start": round(self.start, 3), "end": round(self.end, 3)}
@@ -63,6 +68,7 @@ class StatusEvent:
     details: dict = field(default_factory=dict)
     wall_time: float = field(default_factory=time.time)
     stream: str = field(default="", kw_only=True)  # which input, when several are served
+    demo: bool = field(default=False, kw_only=True)  # made up by the demo stream, not heard
 
     def to_dict(self) -> dict:
         data = {"event": "status", "state": self.state, "message": self.message, "time": round(self.wall_time, 3),
@@ -80,6 +86,7 @@ class TurnEvent:
     label: str
     confirmed: float
     stream: str = field(default="", kw_only=True)  # which input, when several are served
+    demo: bool = field(default=False, kw_only=True)  # made up by the demo stream, not heard
 
     def to_dict(self) -> dict:
         data = {"event": "turn", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
@@ -87,4 +94,27 @@ class TurnEvent:
         return tagged(self, data)
 
 
-Event = SpeakerEvent | SilenceEvent | StatusEvent | TurnEvent
+@dataclass(frozen=True)
+class DoorEvent:
+    """A door decision, on the event stream and in the audit log."""
+
+    label: str
+    granted: bool
+    score: float
+    reason: str
+    start: float
+    end: float
+    scores: tuple[float, ...]
+    cooldown_until: float = 0.0  # stream time before which the door will not open again
+    wall_time: float = field(default_factory=time.time)
+    stream: str = field(default="", kw_only=True)  # which input, when several are served
+    demo: bool = field(default=False, kw_only=True)  # made up by the demo stream, not heard
+
+    def to_dict(self) -> dict:
+        data = {"event": "door", "label": self.label, "granted": self.granted, "score": round(self.score, 4),
+                "reason": self.reason, "start": round(self.start, 3), "end": round(self.end, 3),
+                "scores": [round(s, 4) for s in self.scores], "time": round(self.wall_time, 3)}
+        return tagged(self, data)
+
+
+Event = SpeakerEvent | SilenceEvent | StatusEvent | TurnEvent | DoorEvent

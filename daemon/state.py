@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .door import DoorEvent
+from .events import DoorEvent
 from .events import Event, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
 
 

@@ -55,7 +55,7 @@ def test_ui_shows_silence_and_long_names_fit():
 
 
 def test_ui_shows_the_door_state():
-    from spkrec.daemon.door import DoorEvent
+    from spkrec.daemon.events import DoorEvent
 
     state = _state()
     state.handle(DoorEvent("bob", True, 0.77, "authorised", 15.0, 19.0, (0.8, 0.77, 0.79), cooldown_until=29.0))
@@ -66,7 +66,7 @@ def test_ui_shows_the_door_state():
 
 
 def test_four_inputs_each_get_a_panel_within_80x24():
-    from spkrec.daemon.door import DoorEvent
+    from spkrec.daemon.events import DoorEvent
     from spkrec.daemon.ui import render_all
 
     states = []

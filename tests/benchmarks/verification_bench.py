@@ -62,7 +62,8 @@ from live_bench import machine  # noqa: E402
 
 from spkrec.daemon import enroll  # noqa: E402
 from spkrec.daemon.decisions import Decider, DeciderSettings  # noqa: E402
-from spkrec.daemon.door import DoorEvent, DoorSink  # noqa: E402
+from spkrec.daemon.door import DoorSink  # noqa: E402
+from spkrec.daemon.events import DoorEvent  # noqa: E402
 from spkrec.daemon.pipeline import Pipeline, Stream  # noqa: E402
 from spkrec.daemon.sources import FileSource  # noqa: E402
 from spkrec.daemon.state import LiveState  # noqa: E402

@@ -1,36 +1,59 @@
 """The access-control door: a policy over recent decisions, an action worker, an audit log.
 
 The policy grants only when one authorised name wins most of the last few voiced windows with
-enough voiced speech; "unknown" never opens it. Actions (a program run without a shell, an
-HTTP POST) run in their own worker thread with a timeout, so a slow or failing lock never
-stalls recognition. Every grant and denial is appended to the audit log, flushed per line.
+enough voiced speech; "unknown" never opens it. What a grant sets off runs in a worker thread
+of its own, so a slow lock never stalls recognition, in an order that keeps the door safe:
+
+1. the decision is written to the audit log and synced to disk, so a crash afterwards still
+   leaves it on record; if it cannot be written, nothing is actuated (fail closed);
+2. a grant that waited too long in the queue is dropped (the visitor has gone);
+3. the optional second factor (badge, PIN, challenge) must approve;
+4. the lock's command and webhook run, each with a timeout; the webhook request is signed;
+5. the outcome is written to the audit log next to its decision.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import queue
+import ssl
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter, deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from spkrec.models.config import DoorConfig
+from spkrec.models.errors import SpkrecError
+from spkrec.models.private import FILE_MODE, touch_private
 from spkrec.models.scoring import UNKNOWN
 
-from .events import DoorEvent, Event, SilenceEvent, SpeakerEvent
+from .events import DoorEvent, Event, SilenceEvent, SpeakerEvent, StatusEvent
+
+QUEUE_SIZE = 32  # decisions waiting for the worker; beyond this they are refused, never waited for
+
+
+def voiced_seconds(events: list[SpeakerEvent]) -> float:
+    """Voiced audio covered by these windows, each instant counted once although windows overlap."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(span for e in events for span in e.voiced_spans):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
 
 
 class DoorPolicy:
     """N of the last M voiced windows, S voiced seconds, a cooldown: pure logic, no side effects."""
 
-    def __init__(self, cfg: DoorConfig, hop_s: float) -> None:
-        self.cfg, self.hop_s = cfg, hop_s
+    def __init__(self, cfg: DoorConfig) -> None:
+        self.cfg = cfg
         self.recent: deque[SpeakerEvent] = deque(maxlen=cfg.of_last)
         self.open_until = -1.0  # stream time before which the door stays as it is
         self.denied_label: str | None = None
@@ -47,8 +70,7 @@ class DoorPolicy:
         if wins < self.cfg.wins:
             return None
         winning = [e for e in self.recent if e.label == label]
-        voiced_s = sum(e.voiced * self.hop_s for e in winning)
-        if voiced_s < self.cfg.min_voiced_s:
+        if voiced_seconds(winning) < self.cfg.min_voiced_s:
             return None
         scores = tuple(e.score for e in winning)
         if label in self.cfg.authorized and label != UNKNOWN:
@@ -56,95 +78,209 @@ class DoorPolicy:
                 return None
             self.open_until = event.end + self.cfg.cooldown_s
             return DoorEvent(label, True, min(scores), "authorised", winning[0].start, event.end, scores,
-                             self.open_until, stream=event.stream)
+                             self.open_until, stream=event.stream, demo=event.demo)
         if label == self.denied_label:
             return None  # one denial per attempt, not one per window
         self.denied_label = label
         reason = "unknown voice" if label == UNKNOWN else "not authorised"
-        return DoorEvent(label, False, max(scores), reason, winning[0].start, event.end, scores, stream=event.stream)
+        return DoorEvent(label, False, max(scores), reason, winning[0].start, event.end, scores,
+                         stream=event.stream, demo=event.demo)
+
+
+def read_secret(cfg: DoorConfig) -> bytes | None:
+    """The webhook signing secret: ``secret_file``'s first line, else ``$secret_env``; None = unsigned."""
+    if cfg.secret_file:
+        try:
+            secret = Path(cfg.secret_file).expanduser().read_text(encoding="utf-8").splitlines()[:1]
+        except OSError as exc:
+            raise SpkrecError(f"config key 'door.secret_file': cannot read {cfg.secret_file}: {exc.strerror}") from None
+        if not secret or not secret[0].strip():
+            raise SpkrecError(f"config key 'door.secret_file': {cfg.secret_file} holds no secret")
+        return secret[0].strip().encode()
+    value = os.environ.get(cfg.secret_env, "") if cfg.secret_env else ""
+    return value.encode() if value else None
+
+
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    """What a receiver recomputes: HMAC-SHA256 over "<timestamp>.<body>", hex, prefixed "sha256="."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+class AuditLog:
+    """Append-only JSONL, owner-only; every line synced to disk before the worker goes on."""
+
+    def __init__(self, path: str) -> None:
+        self.path = touch_private(Path(path))  # a folder that cannot be made is one error at start
+        self.lock = threading.Lock()
+
+    def write(self, record: dict) -> None:
+        """Raises OSError when the line cannot be made durable: the caller fails closed."""
+        line = (json.dumps(record) + "\n").encode()
+        with self.lock:  # opened per line: a log rotated away is simply started again, 0600
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 class DoorActions:
-    """Runs the configured command and webhook for granted openings, off the audio path."""
+    """The worker behind a door: audit, second factor, lock command and webhook, audit again.
 
-    def __init__(self, cfg: DoorConfig, on_result: Callable[[DoorEvent, dict], None]) -> None:
-        self.cfg, self.on_result = cfg, on_result
-        self.queue: queue.Queue = queue.Queue(maxsize=100)
+    ``report`` receives status events (an audit failure, a lock that failed); it is called from
+    the worker thread, so it must be safe to call from any thread.
+    """
+
+    def __init__(self, cfg: DoorConfig, audit: AuditLog | None, report: Callable[[Event], None]) -> None:
+        self.cfg, self.audit, self.report = cfg, audit, report
+        self.secret = read_secret(cfg)
+        self.tls = ssl.create_default_context(cafile=cfg.ca_file or None)  # certificates and host names checked
+        self.queue: queue.Queue[DoorEvent] = queue.Queue(maxsize=QUEUE_SIZE)
+        self.closing = threading.Event()  # no more decisions: finish the queue, within the hook timeout
+        self.abandon = threading.Event()  # that time is up: what is left is recorded, not actuated
+        self.child: subprocess.Popen | None = None  # the program running now, killed at shutdown
+        self.last_result: dict = {}
         self.thread = threading.Thread(target=self._work, name="door-actions", daemon=True)
         self.thread.start()
 
     def submit(self, decision: DoorEvent) -> None:
+        """Never blocks the pipeline: a full queue refuses the decision, on record."""
         try:
             self.queue.put_nowait(decision)
         except queue.Full:
-            self.on_result(decision, {"error": "action queue full: decision not acted on"})
+            self._fail(decision, "door action queue full: decision not acted on")
 
-    def close(self, timeout: float | None = None) -> None:
-        self.queue.put(None)
-        self.thread.join(timeout if timeout is not None else self.cfg.timeout_s * 2 + 1)
+    def close(self) -> None:
+        """Stop within the hook timeout: the queue is worked off until then; after it, a hanging
+        program is killed and grants still queued are recorded as not actuated."""
+        self.closing.set()
+        self.thread.join(self.cfg.timeout_s + 1.0)
+        self.abandon.set()
+        child = self.child
+        if child is not None and child.poll() is None:
+            child.kill()
+        self.thread.join(1.0)
 
     def _work(self) -> None:
-        while (decision := self.queue.get()) is not None:
-            result = {}
-            if decision.granted and self.cfg.command:
-                result["command"] = self._run_command(decision)
-            if decision.granted and self.cfg.url:
-                result["url"] = self._post(decision)
-            self.on_result(decision, result)
+        while not (self.closing.is_set() and self.queue.empty()):
+            try:
+                decision = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._handle(decision)
 
-    def _run_command(self, decision: DoorEvent) -> dict:
-        env = {**os.environ, "SPKREC_LABEL": decision.label, "SPKREC_SCORE": f"{decision.score:.4f}",
-               "SPKREC_GRANTED": "1" if decision.granted else "0"}
+    def _handle(self, decision: DoorEvent) -> None:
+        if not self._record(decision, "decided", None):
+            if decision.granted:
+                self._fail(decision, "audit log cannot be written: door not actuated")
+            return
+        result = self._act(decision) if decision.granted else {}
+        self.last_result = result
+        self._record(decision, "done", result)
+        if decision.granted and not result.get("ok", False):
+            self.report(StatusEvent("door-action", f"door for {decision.label}: {result.get('error', 'failed')}",
+                                    {"id": decision.id, "action": result}, stream=decision.stream, demo=decision.demo))
+
+    def _act(self, decision: DoorEvent) -> dict:
+        """Actuate a grant if it is still fresh and the second factor agrees; what happened, for the audit."""
+        if self.abandon.is_set():
+            return {"ok": False, "actuated": False, "error": "shutting down: not actuated"}
+        waited = time.time() - decision.wall_time
+        if waited > self.cfg.max_delay_s:
+            return {"ok": False, "actuated": False,
+                    "error": f"waited {waited:.1f} s for the worker (max_delay_s {self.cfg.max_delay_s}): not actuated"}
+        result: dict = {}
+        if self.cfg.second_factor_command or self.cfg.second_factor_url:
+            result["second_factor"] = self._second_factor(decision)
+            if not result["second_factor"]["ok"]:
+                return {**result, "ok": False, "actuated": False, "error": "second factor did not approve"}
+        if self.cfg.command:
+            result["command"] = self._run(self.cfg.command, decision, self.cfg.timeout_s)
+        if self.cfg.url:
+            result["url"] = self._post(self.cfg.url, decision, self.cfg.timeout_s)
+        failed = [key for key in ("command", "url") if key in result and not result[key]["ok"]]
+        return {**result, "ok": not failed, "actuated": True, **({"error": f"{' and '.join(failed)} failed"} if failed else {})}
+
+    def _second_factor(self, decision: DoorEvent) -> dict:
+        checks = {}
+        if self.cfg.second_factor_command:
+            checks["command"] = self._run(self.cfg.second_factor_command, decision, self.cfg.second_factor_timeout_s)
+        if self.cfg.second_factor_url:
+            checks["url"] = self._post(self.cfg.second_factor_url, decision, self.cfg.second_factor_timeout_s)
+        return {**checks, "ok": all(c["ok"] for c in checks.values())}
+
+    def _record(self, decision: DoorEvent, phase: str, result: dict | None) -> bool:
+        if self.audit is None:
+            return True
+        record = {**decision.to_dict(), "phase": phase, **({"action": result} if result is not None else {})}
         try:
-            done = subprocess.run(list(self.cfg.command), input=json.dumps(decision.to_dict()), text=True, env=env,
-                                  capture_output=True, timeout=self.cfg.timeout_s)  # a list: no shell, no injection
-            return {"exit": done.returncode, "ok": done.returncode == 0, "stderr": done.stderr[-200:]}
-        except subprocess.TimeoutExpired:
-            return {"ok": False, "error": f"timed out after {self.cfg.timeout_s} s and was killed"}
+            self.audit.write(record)
+            return True
         except OSError as exc:
-            return {"ok": False, "error": f"cannot run {self.cfg.command[0]}: {exc.strerror}"}
+            self.report(StatusEvent("error", f"audit log {self.audit.path} cannot be written ({exc.strerror})",
+                                    {"id": decision.id}, stream=decision.stream, demo=decision.demo))
+            return False
 
-    def _post(self, decision: DoorEvent) -> dict:
-        request = urllib.request.Request(self.cfg.url, data=json.dumps(decision.to_dict()).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+    def _fail(self, decision: DoorEvent, reason: str) -> None:
+        self.last_result = {"ok": False, "actuated": False, "error": reason}
+        self.report(StatusEvent("door-action", f"door for {decision.label}: {reason}", {"id": decision.id},
+                                stream=decision.stream, demo=decision.demo))
+
+    def _run(self, argv: list, decision: DoorEvent, timeout: float) -> dict:
+        """A program, without a shell (a name cannot inject anything); exit 0 is success."""
+        env = {**os.environ, "SPKREC_LABEL": decision.label, "SPKREC_SCORE": f"{decision.score:.4f}",
+               "SPKREC_GRANTED": "1" if decision.granted else "0", "SPKREC_DECISION_ID": decision.id}
+        env.pop(self.cfg.secret_env, None)  # the signing secret is not the hook's business
         try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
+            self.child = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, text=True, env=env)
+        except OSError as exc:
+            return {"ok": False, "error": f"cannot run {argv[0]}: {exc.strerror}"}
+        try:
+            _, stderr = self.child.communicate(json.dumps(decision.to_dict()), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+            self.child.communicate()
+            return {"ok": False, "error": f"timed out after {timeout} s and was killed"}
+        finally:
+            code, self.child = self.child.returncode, None
+        if code is not None and code < 0:
+            return {"exit": code, "ok": False, "error": f"killed by signal {-code}"}
+        return {"exit": code, "ok": code == 0, "stderr": stderr[-200:]}
+
+    def _post(self, url: str, decision: DoorEvent, timeout: float) -> dict:
+        """A JSON POST, signed when a secret is configured; a 2xx reply is success."""
+        body = json.dumps(decision.to_dict()).encode()
+        headers = {"Content-Type": "application/json", "X-Spkrec-Id": decision.id}
+        if self.secret is not None:
+            timestamp = str(int(time.time()))
+            headers |= {"X-Spkrec-Timestamp": timestamp, "X-Spkrec-Signature": signature(self.secret, timestamp, body)}
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout,
+                                        context=self.tls if url.startswith("https:") else None) as response:
                 return {"status": response.status, "ok": 200 <= response.status < 300}
-        except Exception as exc:  # network errors come in many types; all are a failed action
-            return {"ok": False, "error": str(exc)[:200]}
-
-
-class AuditLog:
-    """Append-only JSONL; each line flushed and synced before the next decision."""
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock()
-
-    def write(self, decision: DoorEvent, result: dict) -> None:
-        line = json.dumps({**decision.to_dict(), "action": result}) + "\n"
-        with self.lock, self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        except urllib.error.HTTPError as exc:
+            return {"status": exc.code, "ok": False, "error": f"HTTP {exc.code}"}
+        except Exception as exc:  # network and TLS errors come in many types; all are a failed action
+            reason = getattr(exc, "reason", exc)
+            return {"ok": False, "error": str(reason)[:200]}
 
 
 class DoorSink:
-    """The door as a sink: decisions go to the event stream, the actions worker and the audit log."""
+    """The door as a sink: decisions go to the event stream (after the speaker event that caused
+    them), then to the worker, which audits and acts."""
 
-    def __init__(self, cfg: DoorConfig, hop_s: float, emit: Callable[[Event], None]) -> None:
-        self.policy = DoorPolicy(cfg, hop_s)
-        self.audit = AuditLog(cfg.audit_log) if cfg.audit_log else None
+    def __init__(self, cfg: DoorConfig, emit: Callable[[Event], None], report: Callable[[Event], None] | None = None) -> None:
+        self.policy = DoorPolicy(cfg)
         self.emit = emit
+        self.actions = DoorActions(cfg, AuditLog(cfg.audit_log) if cfg.audit_log else None, report or emit)
         self.last: DoorEvent | None = None
-        self.last_result: dict = {}
-        self.actions = DoorActions(cfg, self._done)
 
-    def _done(self, decision: DoorEvent, result: dict) -> None:
-        self.last_result = result
-        if self.audit is not None:
-            self.audit.write(decision, result)
+    @property
+    def last_result(self) -> dict:
+        return self.actions.last_result
 
     def handle(self, event: Event) -> None:
         decision = self.policy.observe(event)

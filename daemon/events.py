@@ -7,6 +7,7 @@ with ``--fast`` and the same audio heard live give the same events.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 
 
@@ -33,6 +34,7 @@ class SpeakerEvent:
     inference_ms: float = 0.0
     latency_ms: float = 0.0  # end of the window's audio arriving -> this event
     speech: tuple[float, float] = (0.0, 0.0)  # first and last voiced instant inside the window
+    voiced_spans: tuple[tuple[float, float], ...] = field(default=(), kw_only=True)  # voiced stretches (stream s)
     stream: str = field(default="", kw_only=True)  # which input, when several are served
     demo: bool = field(default=False, kw_only=True)  # made up by the demo stream, not heard
 
@@ -107,11 +109,12 @@ class DoorEvent:
     scores: tuple[float, ...]
     cooldown_until: float = 0.0  # stream time before which the door will not open again
     wall_time: float = field(default_factory=time.time)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16], kw_only=True)  # joins event, audit and hook
     stream: str = field(default="", kw_only=True)  # which input, when several are served
     demo: bool = field(default=False, kw_only=True)  # made up by the demo stream, not heard
 
     def to_dict(self) -> dict:
-        data = {"event": "door", "label": self.label, "granted": self.granted, "score": round(self.score, 4),
+        data = {"event": "door", "id": self.id, "label": self.label, "granted": self.granted, "score": round(self.score, 4),
                 "reason": self.reason, "start": round(self.start, 3), "end": round(self.end, 3),
                 "scores": [round(s, 4) for s in self.scores], "time": round(self.wall_time, 3)}
         return tagged(self, data)

@@ -141,7 +141,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
             stream.sinks[:0] = meeting.sinks(stream.emit)  # turns close before the UI and event log see "stopped"
         door = cfg.door_for(stream.name)
         if door.authorized:
-            stream.sinks.append(DoorSink(door, hop_s, stream.emit))
+            stream.sinks.append(DoorSink(door, stream.emit))
         if hasattr(stream.source, "on_status"):
             stream.source.on_status = stream.emit  # device status goes to every sink from now on
     pipeline = Pipeline(streams, engine, shared, cfg.stream.batch_wait_s)

@@ -115,6 +115,13 @@ class DoorConfig:
     wins: int = _opt(3, lo=1, hi=100)
     of_last: int = _opt(4, lo=1, hi=100)
     min_voiced_s: float = _opt(1.5, lo=0.0, hi=60.0)
+    max_delay_s: float = _opt(3.0, lo=0.1, hi=600.0)
+    secret_file: str = _opt("")
+    secret_env: str = _opt("SPKREC_DOOR_SECRET")
+    ca_file: str = _opt("")
+    second_factor_command: list = _opt([])
+    second_factor_url: str = _opt("")
+    second_factor_timeout_s: float = _opt(15.0, lo=0.1, hi=600.0)
 
 
 @dataclass
@@ -315,9 +322,13 @@ def _validate_relations(cfg: Config) -> None:
         if door.wins > door.of_last:
             raise ConfigError(f"config key '{prefix}.wins' ({door.wins}) must not exceed '{prefix}.of_last' "
                               f"({door.of_last})")
-        if not all(isinstance(v, str) and v for v in door.authorized + door.command):
-            raise ConfigError(f"config keys '{prefix}.authorized' and '{prefix}.command' must be lists of "
-                              "non-empty strings")
+        for key in ("authorized", "command", "second_factor_command"):
+            if not all(isinstance(v, str) and v for v in getattr(door, key)):
+                raise ConfigError(f"config key '{prefix}.{key}' must be a list of non-empty strings")
+        for key in ("url", "second_factor_url"):
+            url = getattr(door, key)
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(f"config key '{prefix}.{key}' must be an http:// or https:// URL, got {url!r}")
     for name, entry in cfg.inputs.items():
         if bool(entry.device) == bool(entry.file):
             raise ConfigError(f"config table 'inputs.{name}' needs exactly one of 'device' or 'file'")

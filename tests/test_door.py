@@ -1,100 +1,249 @@
-"""The door: policy over recent decisions, a real hook program, a real local webhook, the audit log."""
+"""The door: policy over recent decisions, real hook programs, a real local webhook (http and
+https), the audit log on disk. Windows are cut from a speech timeline with pauses, as the live
+pipeline cuts them, so their voiced shares are those of real speech."""
 
+import hashlib
+import hmac
 import json
+import subprocess
 import sys
 import time
 
+import pytest
 from conftest import Webhook
 from spkrec.daemon.door import DoorSink
-from spkrec.daemon.events import SilenceEvent, SpeakerEvent
+from spkrec.daemon.events import DoorEvent, SilenceEvent, SpeakerEvent, StatusEvent
 from spkrec.models.config import DoorConfig
 
+WINDOW, HOP = 2.0, 0.5
+# Speech as a speaker at a door delivers it: phrases with short pauses (stream seconds).
+PHRASES = ((0.0, 0.9), (1.2, 2.0), (2.3, 3.1), (3.4, 4.0), (4.3, 5.2))
 
-def _win(t, label, score=0.8, voiced=1.0):
-    return SpeakerEvent(t, t + 2.0, label, score, ((label, score),), voiced)
+
+def _win(end, label, speech=PHRASES, score=0.8):
+    """The window ending at ``end``: its voiced spans and share come from the speech timeline."""
+    start = end - WINDOW
+    spans = tuple((max(a, start), min(b, end)) for a, b in speech if b > start and a < end)
+    voiced = sum(b - a for a, b in spans) / WINDOW
+    return SpeakerEvent(start, end, label, score, ((label, score),), voiced, voiced_spans=spans)
+
+
+def _visit(door, label, first_end=2.0, n=4, speech=PHRASES, score=0.8):
+    for i in range(n):
+        door.handle(_win(first_end + i * HOP, label, speech, score))
 
 
 def _door(tmp_path, **kw):
     cfg = DoorConfig(authorized=["alice"], audit_log=str(tmp_path / "audit.jsonl"), **kw)
     emitted = []
-    return DoorSink(cfg, 0.5, emitted.append), emitted
+    return DoorSink(cfg, emitted.append), emitted
 
 
-def _audit(tmp_path):
+def _audit(tmp_path, phase="done"):
     path = tmp_path / "audit.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [r for r in lines if r["phase"] == phase]
+
+
+def _hook(script: str) -> list[str]:
+    return [sys.executable, "-c", script]
 
 
 def test_grants_authorised_voice_after_n_of_m_and_records_denials(tmp_path):
     hook_out = tmp_path / "opened.json"
-    script = f"import json, os, sys; open({str(hook_out)!r}, 'w').write(json.dumps({{'env': os.environ['SPKREC_LABEL'], " \
-             "'stdin': json.load(sys.stdin)}))"
-    door, emitted = _door(tmp_path, command=[sys.executable, "-c", script])
+    hook = _hook(f"import json, os, sys; open({str(hook_out)!r}, 'w').write(json.dumps({{'env': os.environ['SPKREC_LABEL'], "
+                 "'stdin': json.load(sys.stdin)}))")
+    door, emitted = _door(tmp_path, command=hook)
     for i, label in enumerate(["alice", "bob", "alice"]):
-        door.handle(_win(i * 0.5, label))
+        door.handle(_win(2.0 + i * HOP, label))
     assert emitted == []  # two of three is not enough
-    door.handle(_win(1.5, "alice"))
+    door.handle(_win(3.5, "alice"))
     assert [(e.label, e.granted) for e in emitted] == [("alice", True)]
-    door.handle(_win(2.0, "alice"))  # cooldown: no second opening
-    door.handle(SilenceEvent(2.5, 4.5))
-    for i in range(4):
-        door.handle(_win(5 + i * 0.5, "bob"))  # enrolled, not authorised
-    door.handle(SilenceEvent(7.0, 9.0))
-    for i in range(4):
-        door.handle(_win(10 + i * 0.5, "unknown", score=0.2))
+    door.handle(_win(4.0, "alice"))  # cooldown: no second opening
+    door.handle(SilenceEvent(4.5, 6.5))
+    _visit(door, "bob", first_end=10.0, speech=tuple((a + 8, b + 8) for a, b in PHRASES))  # enrolled, not authorised
+    door.handle(SilenceEvent(14.0, 16.0))
+    _visit(door, "unknown", first_end=20.0, speech=tuple((a + 18, b + 18) for a, b in PHRASES), score=0.2)
     door.close()
     assert [(e.label, e.granted, e.reason) for e in emitted] == [
         ("alice", True, "authorised"), ("bob", False, "not authorised"), ("unknown", False, "unknown voice")]
     opened = json.loads(hook_out.read_text())
-    assert opened["env"] == "alice" and opened["stdin"]["granted"] is True
+    assert opened["env"] == "alice" and opened["stdin"]["granted"] is True and opened["stdin"]["id"] == emitted[0].id
     audit = _audit(tmp_path)
     assert [(a["label"], a["granted"]) for a in audit] == [("alice", True), ("bob", False), ("unknown", False)]
-    assert audit[0]["action"]["command"]["ok"] is True
+    assert audit[0]["action"]["command"]["ok"] is True and audit[0]["action"]["actuated"] is True
+    assert [a["id"] for a in _audit(tmp_path, "decided")] == [e.id for e in emitted]
 
 
-def test_not_enough_voiced_speech_does_not_open(tmp_path):
-    door, emitted = _door(tmp_path)
-    for i in range(4):
-        door.handle(_win(i * 0.5, "alice", voiced=0.6))  # 4 x 0.5 s x 0.6 = 1.2 s < 1.5 s
+def test_the_decision_is_on_disk_before_the_lock_moves(tmp_path):
+    """The hook reads the audit log while it runs: its own decision must already be there."""
+    seen = tmp_path / "seen.json"
+    audit = tmp_path / "audit.jsonl"
+    hook = _hook(f"import json, os; lines = open({str(audit)!r}).read().splitlines(); "
+                 f"open({str(seen)!r}, 'w').write(json.dumps([json.loads(l) for l in lines]))")
+    door, emitted = _door(tmp_path, command=hook)
+    _visit(door, "alice")
     door.close()
+    before = json.loads(seen.read_text())
+    assert [(r["id"], r["phase"]) for r in before] == [(emitted[0].id, "decided")]
+
+
+def test_audit_log_that_cannot_be_written_keeps_the_door_shut(tmp_path):
+    opened = tmp_path / "opened"
+    door, emitted = _door(tmp_path, command=_hook(f"open({str(opened)!r}, 'w')"))
+    audit = tmp_path / "audit.jsonl"
+    audit.unlink()
+    audit.mkdir()  # the log is now unwritable (a directory: even root cannot append to it)
+    _visit(door, "alice")
+    door.close()
+    assert not opened.exists()
+    assert [e.label for e in emitted if isinstance(e, DoorEvent)] == ["alice"]
+    problems = [e for e in emitted if isinstance(e, StatusEvent)]
+    assert any("audit log" in e.message for e in problems) and any("not actuated" in e.message for e in problems)
+
+
+def test_audit_folder_that_cannot_be_made_is_one_error_at_start(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(Exception) as caught:
+        DoorSink(DoorConfig(authorized=["alice"], audit_log=str(blocker / "logs" / "audit.jsonl")), lambda e: None)
+    assert "cannot create folder" in str(caught.value)
+
+
+def test_door_policy_counts_the_voiced_audio_the_windows_cover(tmp_path):
+    # Three winning windows of speech with pauses (voiced share about 0.7 each): 2.9 s voiced audio
+    # under them, counted once. The old rule (share x hop per window) saw 3 x 0.35 s < 1.5 s.
+    door, emitted = _door(tmp_path)
+    for end in (2.0, 2.5, 3.0):
+        door.handle(_win(end, "alice"))
+    assert [e.granted for e in emitted] == [True]
+    door.close()
+    # One short phrase (1.1 s voiced) under four windows is not enough.
+    short, emitted = _door(tmp_path / "short")
+    _visit(short, "alice", speech=((0.5, 1.6),))
+    short.close()
     assert emitted == []
 
 
-def test_shell_metacharacters_in_a_name_run_nothing(tmp_path):
+def test_shell_metacharacters_in_a_name_run_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a shell, if one ran, would create its files
     evil = "alice; touch pwned #$(touch pwned2)"
     marker = tmp_path / "seen.txt"
-    script = f"import os; open({str(marker)!r}, 'w').write(os.environ['SPKREC_LABEL'])"
-    cfg = DoorConfig(authorized=[evil], command=[sys.executable, "-c", script])
-    door = DoorSink(cfg, 0.5, lambda e: None)
-    for i in range(4):
-        door.handle(_win(i * 0.5, evil))
+    hook = _hook(f"import os; open({str(marker)!r}, 'w').write(os.environ['SPKREC_LABEL'])")
+    door = DoorSink(DoorConfig(authorized=[evil], command=hook), lambda e: None)
+    _visit(door, evil)
     door.close()
     assert marker.read_text() == evil
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+    # the same name through a shell would have made them: the check above can fail
+    subprocess.run(["sh", "-c", f"echo {evil}"], cwd=tmp_path, capture_output=True)
+    assert (tmp_path / "pwned").exists()
 
 
-def test_hanging_hook_is_killed_and_failing_hook_is_logged(tmp_path):
-    door, emitted = _door(tmp_path, command=[sys.executable, "-c", "import time; time.sleep(60)"], timeout_s=0.5)
+def test_hanging_hook_never_blocks_recognition_or_shutdown(tmp_path):
+    door, emitted = _door(tmp_path, command=_hook("import time; time.sleep(60)"), timeout_s=1.0, cooldown_s=0.0)
     started = time.monotonic()
-    for i in range(4):
-        door.handle(_win(i * 0.5, "alice"))
-    assert time.monotonic() - started < 0.5  # recognition never waits for the hook
+    for visit in range(60):  # far more decisions than the queue holds
+        door.handle(SilenceEvent(0, 0))
+        _visit(door, "alice", first_end=2.0 + visit * 10, speech=tuple((a + visit * 10, b + visit * 10) for a, b in PHRASES))
+    assert time.monotonic() - started < 1.0  # the pipeline thread never waited
+    closing = time.monotonic()
     door.close()
-    assert "timed out" in _audit(tmp_path)[0]["action"]["command"]["error"]
-
-    failing, _ = _door(tmp_path / "b", command=[sys.executable, "-c", "import sys; sys.exit(3)"])
-    for i in range(4):
-        failing.handle(_win(i * 0.5, "alice"))
-    failing.close()
-    assert _audit(tmp_path / "b")[0]["action"]["command"] == {"exit": 3, "ok": False, "stderr": ""}
+    assert time.monotonic() - closing < 1.0 + 2.5  # within the hook timeout (plus the kill)
+    assert any(isinstance(e, StatusEvent) and "queue full" in e.message for e in emitted)
+    first = _audit(tmp_path)[0]["action"]
+    assert "timed out" in first["command"]["error"]
 
 
-def test_webhook_receives_the_decision(tmp_path):
+def test_a_grant_that_waited_too_long_is_not_actuated(tmp_path):
+    opened = tmp_path / "opened"
+    door, _ = _door(tmp_path, command=_hook(f"open({str(opened)!r}, 'a').write('x')"), max_delay_s=1.0)
+    door.actions.submit(DoorEvent("alice", True, 0.8, "authorised", 0.0, 2.0, (0.8,), wall_time=time.time() - 5))
+    door.close()
+    assert not opened.exists()
+    outcome = _audit(tmp_path)[0]["action"]
+    assert outcome["actuated"] is False and "waited" in outcome["error"]
+
+
+def test_failing_hook_is_on_record_and_reported(tmp_path):
+    door, emitted = _door(tmp_path, command=_hook("import sys; sys.exit(3)"))
+    _visit(door, "alice")
+    door.close()
+    outcome = _audit(tmp_path)[0]["action"]
+    assert outcome["command"] == {"exit": 3, "ok": False, "stderr": ""} and outcome["ok"] is False
+    assert any(isinstance(e, StatusEvent) and e.state == "door-action" for e in emitted)
+
+
+def test_webhook_is_signed_and_the_secret_never_leaks(tmp_path, monkeypatch):
+    secret = "s3cret-for-the-lock"
+    monkeypatch.setenv("SPKREC_DOOR_SECRET", secret)
     webhook = Webhook()
-    door, _ = _door(tmp_path, url=webhook.url)
-    for i in range(4):
-        door.handle(_win(i * 0.5, "alice"))
+    door, emitted = _door(tmp_path, url=webhook.url)
+    _visit(door, "alice")
     door.close()
     webhook.close()
-    assert webhook.received and webhook.received[0]["label"] == "alice" and webhook.received[0]["granted"] is True
+    assert webhook.received[0]["label"] == "alice" and webhook.received[0]["granted"] is True
+    headers = webhook.headers[0]
+    timestamp = headers["X-Spkrec-Timestamp"]
+    assert abs(int(timestamp) - time.time()) < 30  # a receiver rejects old timestamps: no replays
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + headers["_body"], hashlib.sha256).hexdigest()
+    assert headers["X-Spkrec-Signature"] == f"sha256={expected}"
+    assert headers["X-Spkrec-Id"] == emitted[0].id
+    assert secret not in (tmp_path / "audit.jsonl").read_text()
     assert _audit(tmp_path)[0]["action"]["url"] == {"status": 204, "ok": True}
+    # unsigned without a secret; a secret file wins over the environment
+    monkeypatch.delenv("SPKREC_DOOR_SECRET")
+    (tmp_path / "secret").write_text("from-file\n")
+    plain, signed = Webhook(), Webhook()
+    for hook, extra in ((plain, {}), (signed, {"secret_file": str(tmp_path / "secret")})):
+        door, _ = _door(tmp_path / hook.url.rsplit(":", 1)[1].split("/")[0], url=hook.url, **extra)
+        _visit(door, "alice")
+        door.close()
+        hook.close()
+    assert "X-Spkrec-Signature" not in plain.headers[0]
+    got = signed.headers[0]
+    assert got["X-Spkrec-Signature"] == "sha256=" + hmac.new(
+        b"from-file", got["X-Spkrec-Timestamp"].encode() + b"." + got["_body"], hashlib.sha256).hexdigest()
+
+
+def test_https_webhook_verifies_the_certificate(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    webhook = Webhook(tls=(cert, key))
+    try:
+        untrusted, _ = _door(tmp_path / "a", url=webhook.url)
+        _visit(untrusted, "alice")
+        untrusted.close()
+        trusted, _ = _door(tmp_path / "b", url=webhook.url, ca_file=str(cert))
+        _visit(trusted, "alice")
+        trusted.close()
+    finally:
+        webhook.close()
+    refused = _audit(tmp_path / "a")[0]["action"]["url"]
+    assert refused["ok"] is False and "CERTIFICATE_VERIFY_FAILED" in refused["error"]
+    assert _audit(tmp_path / "b")[0]["action"]["url"] == {"status": 204, "ok": True}
+    assert len(webhook.received) == 1  # the unverified connection never delivered the grant
+
+
+def test_second_factor_must_approve_before_the_lock_moves(tmp_path):
+    opened = tmp_path / "opened"
+    lock = _hook(f"open({str(opened)!r}, 'a').write('x')")
+    refuse, _ = _door(tmp_path / "no", command=lock, second_factor_command=_hook("import sys; sys.exit(1)"))
+    _visit(refuse, "alice")
+    refuse.close()
+    assert not opened.exists()
+    outcome = _audit(tmp_path / "no")[0]["action"]
+    assert outcome["second_factor"]["ok"] is False and outcome["actuated"] is False
+    badge = Webhook(status=403)
+    approve, _ = _door(tmp_path / "yes", command=lock, second_factor_command=_hook("import sys, json; json.load(sys.stdin)"))
+    _visit(approve, "alice")
+    approve.close()
+    denied_by_url, _ = _door(tmp_path / "url", command=lock, second_factor_url=badge.url)
+    _visit(denied_by_url, "alice")
+    denied_by_url.close()
+    badge.close()
+    assert opened.read_text() == "x"  # only the approved grant opened
+    assert _audit(tmp_path / "yes")[0]["action"]["second_factor"]["command"]["ok"] is True
+    assert _audit(tmp_path / "url")[0]["action"]["second_factor"]["url"] == {"status": 403, "ok": False, "error": "HTTP 403"}

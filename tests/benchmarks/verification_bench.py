@@ -162,7 +162,7 @@ def door_attempt(engine: Any, path: Path, names: tuple[str, ...], prints: np.nda
                  cfg: Config, window_s: float, hop_s: float, rate: int) -> list[DoorEvent]:
     """One visit at the door: the recording through the daemon's own pipeline and door policy."""
     doors: list[DoorEvent] = []
-    door = DoorSink(cfg.door, hop_s, lambda e: doors.append(e) if isinstance(e, DoorEvent) else None)
+    door = DoorSink(cfg.door, lambda e: doors.append(e) if isinstance(e, DoorEvent) else None)
     source = FileSource(path, rate, cfg.audio.block_s, realtime=False)
     settings = DeciderSettings(threshold, cfg.decision.margin, cfg.stream.smoothing, cfg.vad.min_voiced_ratio)
     stream = Stream(source, Vad(rate, cfg.vad.frame_ms, cfg.vad.aggressiveness), Windower(rate, window_s, hop_s),

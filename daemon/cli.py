@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -160,9 +162,20 @@ def run(argv: list[str] | None = None) -> int:
                   "pip install 'spkrec[train]'", file=sys.stderr)
             return 2
         raise
+    except subprocess.CalledProcessError as exc:  # apt-get, dpkg-deb, pip... (default-model --rebuild, weights)
+        print(f"spkrec: error: {_program_failed(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("spkrec: interrupted", file=sys.stderr)
         return 130
+
+
+def _program_failed(exc: subprocess.CalledProcessError) -> str:
+    """One line for a helper program that failed: which command, its exit status, its last words."""
+    command = shlex.join(map(str, exc.cmd)) if isinstance(exc.cmd, (list, tuple)) else str(exc.cmd)
+    said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+    last = said.strip().splitlines()[-1:] or [f"exit status {exc.returncode}"]
+    return f"`{command}` failed: {last[0]}"
 
 
 def main() -> None:
@@ -197,8 +210,11 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.audio import load_audio
     from spkrec.models.gallery import Gallery
 
+    from spkrec.models.gallery import check_name
+
     from . import enroll
 
+    check_name(args.name)  # a reserved or malformed name fails before any audio is read
     engine = _engine(args, cfg)
     if args.from_guest:
         return _enroll_guest(args, cfg, engine)
@@ -252,6 +268,7 @@ def cmd_speakers(args: argparse.Namespace, cfg: Config) -> int:
     elif args.action == "import":
         print(f"imported {gallery.import_(Path(args.target))} speakers from {args.target}")
     else:
+        _warn_if_readable(cfg.gallery_path())
         table = Table(title=f"enrolled speakers ({cfg.gallery_path()})")
         for column in ("name", "enrolled", "voiced", "windows", "quality", "model"):
             table.add_column(column)
@@ -259,6 +276,21 @@ def cmd_speakers(args: argparse.Namespace, cfg: Config) -> int:
             table.add_row(s.name, s.enrolled, f"{s.voiced_s:.1f} s", str(s.windows), f"{s.quality:.2f}", s.fingerprint)
         Console().print(table)
     return 0
+
+
+def _warn_if_readable(path: Path) -> None:
+    """Voiceprints are biometric data: say so when other users can read them (galleries made
+    before spkrec created them owner-only, or copied in with a loose umask)."""
+    from spkrec.models.private import readable_by_others
+
+    loose = [str(p) for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if readable_by_others(p)]
+    if loose:
+        _warning(f"{path} can be read by other users (voiceprints are personal data): chmod 600 {' '.join(loose)}")
+
+
+def _warning(text: str) -> None:
+    """One yellow line on stderr, never wrapped, with no markup read from names or paths."""
+    Console(stderr=True, soft_wrap=True).print(f"warning: {text}", style="yellow", markup=False, highlight=False)
 
 
 def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
@@ -343,7 +375,7 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
-    from .identify import identify_file
+    from .identify import identify_file, skipped_voices
     from .live import open_gallery
     from .roster import Roster, decision_threshold
 
@@ -352,6 +384,9 @@ def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
         cfg.model.path = str(files.pop(0))
     engine = _engine(args, cfg)
     gallery = open_gallery(cfg)
+    skipped = skipped_voices(gallery, engine.info.fingerprint)
+    if skipped:
+        _warning(skipped)
     roster = Roster(engine.info, gallery, cfg.decision.trained_speakers)
     threshold = decision_threshold(cfg, engine.info, gallery)
     results = [identify_file(engine, roster, path, threshold, cfg.decision.margin) for path in files]

@@ -8,6 +8,7 @@ from pathlib import Path
 from spkrec.models.audio import is_silent, load_audio
 from spkrec.models.engine import Engine
 from spkrec.models.errors import AudioError
+from spkrec.models.gallery import Gallery
 from spkrec.models.scoring import Decision, cosine_scores, decide, mean_embedding
 from spkrec.models.windows import frame_windows
 
@@ -42,3 +43,16 @@ def identify_file(engine: Engine, roster: Roster, path: Path, threshold: float, 
     labels, prototypes = roster()
     scores = cosine_scores(mean_embedding(embeddings), prototypes)
     return FileResult(path, decide(scores, labels, threshold, margin), samples.size / info.sample_rate)
+
+
+def skipped_voices(gallery: Gallery | None, fingerprint: str, shown: int = 3) -> str | None:
+    """One line naming the enrolled voices this model cannot score (another model made them), or None.
+
+    They are skipped rather than refused, so the user must be told why those voices are never named.
+    """
+    names = gallery.foreign(fingerprint) if gallery is not None else []
+    if not names:
+        return None
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    return (f"skipping {len(names)} voiceprint(s) enrolled with another model ({listed}): re-enroll them with this "
+            "model to recognise them")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from spkrec.models.errors import SpkrecError
+from spkrec.models.private import open_private
 
 from .events import Event, SilenceEvent, SpeakerEvent, StatusEvent
 
@@ -24,19 +25,23 @@ class Sink(Protocol):
 
 
 class JsonlSink:
-    """One JSON object per line, flushed per event (``--events FILE``, ``-`` for stdout)."""
+    """One JSON object per line, flushed per event (``--events FILE``, ``-`` for stdout).
+
+    The file is owner-only (it says who spoke when). A write that fails (a full disk, a reader
+    that went away) ends the event log, not recognition: it is said once on stderr and the
+    daemon goes on, because a door or a meeting must not stop for a log.
+    """
 
     def __init__(self, target: str) -> None:
+        self.target = target
         if target == "-":
             self.stream: TextIO | None = sys.stdout
             self.owned = False
         else:
             try:
-                path = Path(target).expanduser()
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self.stream = path.open("a", encoding="utf-8")
-            except OSError as exc:
-                raise SpkrecError(f"cannot write events to {target}: {exc.strerror}") from None
+                self.stream = open_private(Path(target))
+            except SpkrecError as exc:
+                raise SpkrecError(f"cannot write events ({exc})") from None
             self.owned = True
 
     def handle(self, event: Event) -> None:
@@ -45,10 +50,23 @@ class JsonlSink:
         try:
             self.stream.write(json.dumps(event.to_dict()) + "\n")
             self.stream.flush()
-        except BrokenPipeError:  # the reader went away (`| head`): stop writing, keep serving
-            if not self.owned:  # Python's docs' advice: point stdout at devnull, so exit does not complain
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            self.stream = None
+        except BrokenPipeError:  # the reader went away (`| head`): stop writing quietly, keep serving
+            self._stop()
+        except OSError as exc:
+            print(f"spkrec: warning: cannot write events to {self.target} ({exc.strerror or exc}): events are no "
+                  "longer written; recognition goes on", file=sys.stderr, flush=True)
+            self._stop()
+
+    def _stop(self) -> None:
+        """Give up the stream for good; nothing buffered may fail again at close or exit."""
+        stream, self.stream = self.stream, None
+        if self.owned:
+            try:
+                stream.close()
+            except OSError:
+                pass
+        else:  # Python's docs' advice: point stdout at devnull, so exit does not complain
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     def close(self) -> None:
         if self.stream is None:
@@ -58,7 +76,7 @@ class JsonlSink:
                 self.stream.close()
             else:
                 self.stream.flush()
-        except BrokenPipeError:
+        except OSError:
             pass
 
 

@@ -4,11 +4,15 @@ Every write is one transaction, and the database runs in WAL mode, so a crash mi
 the previous contents readable and the daemon can read while ``enroll`` writes. Each
 voiceprint carries the fingerprint of the model that made it: scoring it with another model
 would compare vectors from different spaces, so that is refused, never done silently.
+
+Voiceprints are biometric personal data: the database (and SQLite's -wal and -shm files, which
+take the database file's permissions) and every export are owner-only, whatever the umask.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -17,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GalleryError
-from .scoring import mean_embedding
+from .private import touch_private, write_private
+from .scoring import UNKNOWN, mean_embedding
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -37,6 +42,20 @@ CREATE TABLE IF NOT EXISTS windows (
     embedding BLOB NOT NULL
 );
 """
+
+
+# Labels the daemon gives voices nobody enrolled: a speaker enrolled under one of them could not be
+# told from a stranger or a meeting guest (and a door rule for "Guest 1" would open for anyone).
+_RESERVED = re.compile(rf"^(?:{UNKNOWN}|guest[\s_-]*\d+)$", re.IGNORECASE)
+
+
+def check_name(name: str) -> None:
+    """Refuse a name that cannot be told apart in decisions, logs and RTTM files."""
+    if not name or name != name.strip():
+        raise GalleryError(f"speaker name {name!r} must be non-empty without leading or trailing spaces")
+    if _RESERVED.match(name):
+        raise GalleryError(f"speaker name {name!r} is reserved: spkrec labels strangers 'unknown' and meeting guests "
+                           "'Guest N'; choose another name")
 
 
 @dataclass(frozen=True)
@@ -66,8 +85,9 @@ def _now() -> str:
 class Gallery:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
+        if not self.path.exists():
+            touch_private(self.path)  # before SQLite: it creates -wal and -shm with the database file's mode
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -105,28 +125,30 @@ class Gallery:
 
     def add(self, name: str, fingerprint: str, embeddings: np.ndarray, voiced_s: float) -> Speaker:
         """Enroll or extend ``name`` with window embeddings; the voiceprint is their normalised mean."""
-        if not name or name != name.strip():
-            raise GalleryError(f"speaker name {name!r} must be non-empty without leading or trailing spaces")
-        embeddings = np.asarray(embeddings, dtype=np.float32)
+        check_name(name)
         with self._transaction():
-            row = self.db.execute("SELECT fingerprint, voiced_s, enrolled FROM speakers WHERE name=?", (name,)).fetchone()
-            if row is not None and row[0] != fingerprint:
-                raise GalleryError(f"'{name}' was enrolled with another model ({row[0]}); "
-                                   f"remove and re-enroll: spkrec speakers remove {name}")
-            stamp = _now()
-            if row is None:
-                self.db.execute("INSERT INTO speakers VALUES (?, ?, ?, 0, 0, ?, ?)",
-                                (name, fingerprint, _blob(np.zeros(embeddings.shape[1])), stamp, stamp))
-            self.db.executemany("INSERT INTO windows (name, embedding) VALUES (?, ?)",
-                                [(name, _blob(e)) for e in embeddings])
-            all_windows = np.stack([_vector(b) for (b,) in self.db.execute(
-                "SELECT embedding FROM windows WHERE name=? ORDER BY id", (name,))])
-            voiceprint = mean_embedding(all_windows)
-            quality = float(np.mean(all_windows @ voiceprint))
-            total = (row[1] if row else 0.0) + voiced_s
-            self.db.execute("UPDATE speakers SET voiceprint=?, voiced_s=?, quality=?, updated=? WHERE name=?",
-                            (_blob(voiceprint), total, quality, stamp, name))
+            self._add(name, fingerprint, np.asarray(embeddings, dtype=np.float32), voiced_s)
         return self.get(name)
+
+    def _add(self, name: str, fingerprint: str, embeddings: np.ndarray, voiced_s: float) -> None:
+        """The writes of ``add``, inside the caller's transaction (an import is one transaction)."""
+        row = self.db.execute("SELECT fingerprint, voiced_s, enrolled FROM speakers WHERE name=?", (name,)).fetchone()
+        if row is not None and row[0] != fingerprint:
+            raise GalleryError(f"'{name}' was enrolled with another model ({row[0]}); "
+                               f"remove and re-enroll: spkrec speakers remove {name}")
+        stamp = _now()
+        if row is None:
+            self.db.execute("INSERT INTO speakers VALUES (?, ?, ?, 0, 0, ?, ?)",
+                            (name, fingerprint, _blob(np.zeros(embeddings.shape[1])), stamp, stamp))
+        self.db.executemany("INSERT INTO windows (name, embedding) VALUES (?, ?)",
+                            [(name, _blob(e)) for e in embeddings])
+        all_windows = np.stack([_vector(b) for (b,) in self.db.execute(
+            "SELECT embedding FROM windows WHERE name=? ORDER BY id", (name,))])
+        voiceprint = mean_embedding(all_windows)
+        quality = float(np.mean(all_windows @ voiceprint))
+        total = (row[1] if row else 0.0) + voiced_s
+        self.db.execute("UPDATE speakers SET voiceprint=?, voiced_s=?, quality=?, updated=? WHERE name=?",
+                        (_blob(voiceprint), total, quality, stamp, name))
 
     def get(self, name: str) -> Speaker:
         row = self.db.execute(
@@ -149,15 +171,20 @@ class Gallery:
                                                                  (name,))])
 
     def roster(self, fingerprint: str) -> tuple[tuple[str, ...], np.ndarray]:
-        """(names, voiceprints) for scoring with the model of ``fingerprint``; others refused."""
-        speakers = self.speakers()
-        foreign = [s.name for s in speakers if s.fingerprint != fingerprint]
-        if foreign:
-            raise GalleryError(f"{len(foreign)} speaker(s) in {self.path} ({', '.join(foreign[:3])}) were enrolled with "
-                               f"another model; re-enroll them with this model or use their model")
+        """(names, voiceprints) of the voices enrolled with the model of ``fingerprint``.
+
+        Voices of another model are left out, not an error: one stale voiceprint must not stop
+        recognition of all the others. ``foreign`` names them, so callers can say so.
+        """
+        speakers = [s for s in self.speakers() if s.fingerprint == fingerprint]
         if not speakers:
             return (), np.zeros((0, 0), np.float32)
         return tuple(s.name for s in speakers), np.stack([s.voiceprint for s in speakers])
+
+    def foreign(self, fingerprint: str) -> list[str]:
+        """Names enrolled with another model than ``fingerprint``: skipped by ``roster``."""
+        return [name for (name,) in self.db.execute("SELECT name FROM speakers WHERE fingerprint != ? ORDER BY name",
+                                                     (fingerprint,))]
 
     def set_calibration(self, fingerprint: str, calibration: dict) -> None:
         """Store the operating point measured by ``spkrec calibrate`` for this gallery and model."""
@@ -176,20 +203,29 @@ class Gallery:
         return record
 
     def export(self, path: Path) -> int:
-        """Write every speaker (voiceprint and windows) to a JSON file for another machine."""
+        """Write every speaker (voiceprint and windows) to an owner-only JSON file for another machine."""
         data = [{"name": s.name, "fingerprint": s.fingerprint, "voiced_s": s.voiced_s, "enrolled": s.enrolled,
                  "windows": self.windows(s.name).tolist()} for s in self.speakers()]
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps({"spkrec_gallery": SCHEMA_VERSION, "speakers": data}))
-        partial.replace(path)
+        path = Path(path).expanduser()
+        try:
+            write_private(path, json.dumps({"spkrec_gallery": SCHEMA_VERSION, "speakers": data}))
+        except OSError as exc:  # a full disk, a read-only folder: one line, not a traceback
+            raise GalleryError(f"cannot write {path}: {exc.strerror}") from None
         return len(data)
 
     def import_(self, path: Path) -> int:
+        """Add every speaker of an export in one transaction: a bad entry stores nothing."""
         try:
             data = json.loads(Path(path).read_text())
-            speakers = data["speakers"]
+            speakers = [(s["name"], s["fingerprint"], np.asarray(s["windows"], np.float32), float(s["voiced_s"]))
+                        for s in data["speakers"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise GalleryError(f"{path} is not a spkrec gallery export ({exc})") from None
-        for s in speakers:
-            self.add(s["name"], s["fingerprint"], np.asarray(s["windows"], np.float32), float(s["voiced_s"]))
+        for name, *_ in speakers:
+            check_name(name)
+        if any(windows.ndim != 2 or not len(windows) for _, _, windows, _ in speakers):
+            raise GalleryError(f"{path} is not a spkrec gallery export (a speaker without windows)")
+        with self._transaction():
+            for speaker in speakers:
+                self._add(*speaker)
         return len(speakers)

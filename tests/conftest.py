@@ -1,12 +1,19 @@
-"""Shared fixtures: real speech from ../shared/data and one small model trained on it."""
+"""Shared fixtures: real speech from ../shared/data and one small model trained on it.
+
+Every test, in process and in every `spkrec` it starts, runs with config, data and cache folders
+of this session's own (``USER_FOLDERS``): a user's gallery, config file or SPKREC_* variables
+never change what a test sees, and no test writes into them.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -18,11 +25,53 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SPKREC_SHARED_DATA", REPO.parent / "shared" / "data"))
 LIBRI = SHARED_DATA / "librispeech-test-other"
 TRAIN_SPEAKERS = ("1688", "1998", "2033")
+# Downloaded once into the user's cache, public and only ever read (Debian's Fish Fillets voices
+# for the demo, converted ImageNet weights): linked in, so the session needs no network for them.
+CACHE_SEEDS = ("demo/fillets", "weights/resnet50-imagenet-keras.pt")
+
+
+def _isolate_user_folders() -> Path:
+    """Point XDG_CONFIG_HOME, XDG_DATA_HOME, XDG_CACHE_HOME and SPKREC_CONFIG at a session folder.
+
+    Set in os.environ at import, before any test or fixture runs, so `Config()` here and every
+    `spkrec` subprocess (which inherits the environment) find the gallery, config and cache there.
+    """
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spkrec"
+    root = Path(tempfile.mkdtemp(prefix="spkrec-tests-"))
+    for name in [k for k in os.environ if k.startswith("SPKREC_") and k != "SPKREC_SHARED_DATA"]:
+        del os.environ[name]
+    os.environ.update(XDG_CONFIG_HOME=str(root / "config"), XDG_DATA_HOME=str(root / "data"),
+                      XDG_CACHE_HOME=str(root / "cache"))
+    config = root / "config" / "spkrec" / "config.toml"  # the defaults; ~/.config/spkrec/config.toml is never read
+    config.parent.mkdir(parents=True)
+    config.write_text("# the test session's own config: the packaged defaults\n")
+    os.environ["SPKREC_CONFIG"] = str(config)
+    (root / "data").mkdir()
+    _seed_cache(user_cache, root / "cache" / "spkrec")
+    return root
+
+
+def _seed_cache(user_cache: Path, cache: Path) -> None:
+    """Link the downloaded, read-only parts of the user's cache into the session's (see CACHE_SEEDS)."""
+    cache.mkdir(parents=True)
+    for item in CACHE_SEEDS:
+        found = user_cache / item
+        complete = found.is_file() or (found / ".complete").is_file()  # a half-unpacked folder is fetched anew
+        if complete:
+            (cache / item).parent.mkdir(parents=True, exist_ok=True)
+            (cache / item).symlink_to(found.resolve(), target_is_directory=found.is_dir())
+
+
+USER_FOLDERS = _isolate_user_folders()
 
 
 def pytest_configure(config):
     if not LIBRI.is_dir():
         raise pytest.UsageError(f"real speech not found at {LIBRI}: set SPKREC_SHARED_DATA")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(USER_FOLDERS, ignore_errors=True)  # links are removed, never followed
 
 
 def spkrec(*args: str, env: dict | None = None, check: bool = False, **kw) -> subprocess.CompletedProcess:
@@ -109,23 +158,35 @@ def site(base_model, tmp_path_factory):
 
 
 class Webhook:
-    """A local HTTP server that records every POST, like a door controller's API."""
+    """A local HTTP(S) server that records every POST (body and headers), like a door controller's
+    API; ``status`` is what it answers, ``tls`` an (certfile, keyfile) pair to serve https."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 204, tls: tuple[Path, Path] | None = None) -> None:
         received = self.received = []
+        headers = self.headers = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(json.loads(body))
+                headers.append({**dict(self.headers), "_body": body})
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args):
                 pass
 
         self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, tls))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/door"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_port}/door"
 
     def close(self) -> None:
         self.server.shutdown()

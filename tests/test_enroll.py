@@ -54,11 +54,15 @@ def test_enrollment_quality_checks_refuse_and_keep_the_gallery(tmp_path, trained
     assert [s.name for s in Gallery(tmp_path / "gallery.sqlite").speakers()] == ["alice"]
 
 
-def test_gallery_of_another_model_is_refused(tmp_path, trained_run):
+def test_voices_of_another_model_are_skipped_with_a_warning(tmp_path, trained_run):
     args = _setup(tmp_path, trained_run)
     Gallery(tmp_path / "gallery.sqlite").add("mallory", "another-model", np.eye(1, 256, dtype=np.float32), 20.0)
     done = spkrec("identify", _files(NEW_VOICE)[0], *args)
-    assert done.returncode == 2 and "enrolled with another model" in done.stderr
+    assert done.returncode == 0, done.stderr  # the model's own speakers are still recognised
+    assert done.stderr.count("\n") == 1 and "mallory" in done.stderr and "re-enroll" in done.stderr
+    verify = spkrec("verify", "mallory", _files(NEW_VOICE)[0], *args)
+    assert verify.returncode == 2 and "enrolled with another model" in verify.stderr
+    assert len(verify.stderr.strip().splitlines()) == 1
 
 
 def test_export_import_between_galleries(tmp_path, trained_run):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from spkrec.models.errors import GalleryError
+from spkrec.models.private import write_private
 from spkrec.models.scoring import normalize
 
 GUEST_PREFIX = "Guest"
@@ -88,13 +89,12 @@ class GuestClusterer:
         return label
 
     def save(self, path: Path, fingerprint: str) -> None:
-        """The guests' windows, for `spkrec enroll NAME --from-guest LABEL --guests FILE`."""
+        """The guests' windows, for `spkrec enroll NAME --from-guest LABEL --guests FILE`. Voiceprints
+        of people who never agreed to enrol: written owner-only, atomically."""
         data = {"spkrec_guests": 1, "fingerprint": fingerprint,
                 "guests": [{"label": g.label, "voiced_s": round(g.voiced_s, 2),
                             "windows": np.stack(g.windows).round(6).tolist()} for g in self.guests]}
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(data))
-        partial.replace(path)
+        write_private(path, json.dumps(data))
 
 
 def load_guest(path: Path, label: str) -> tuple[str, np.ndarray, float]:

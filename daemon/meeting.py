@@ -6,20 +6,24 @@ Three stages, each in the pipeline's one direction:
 - ``TurnSink`` merges consecutive windows of one label into turns and emits a ``TurnEvent``
   when a turn closes (silence, or a change of speaker seen in ``change_windows`` windows);
 - ``RttmSink`` writes each closed turn as a NIST RTTM line, flushed as it closes.
+
+Nothing grows with the meeting's length: closed turns are written out as they close and the
+summary is kept as per-speaker totals, so a day-long meeting costs what a short one does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections import Counter, deque
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Iterable, TextIO
 
 import numpy as np
 
 from spkrec.models.config import MeetingConfig
-from spkrec.models.errors import SpkrecError
+from spkrec.models.private import open_private
 from spkrec.models.scoring import UNKNOWN
 
 from .decisions import Decider
@@ -54,6 +58,26 @@ class GuestDecider:
                                    candidates=((label, score),) + event.candidates[:4])
 
 
+class TurnTally:
+    """Talk time and turns per label: what the summary needs of every turn, in constant memory."""
+
+    def __init__(self) -> None:
+        self.talk: Counter = Counter()
+        self.count: Counter = Counter()
+
+    def add(self, turn: TurnEvent) -> None:
+        self.talk[turn.label] += turn.end - turn.start
+        self.count[turn.label] += 1
+
+    def renamed(self, rename: Callable[[str], str]) -> "TurnTally":
+        """The same totals under final labels (guests merged since their turns closed)."""
+        out = TurnTally()
+        for label in self.talk:
+            out.talk[rename(label)] += self.talk[label]
+            out.count[rename(label)] += self.count[label]
+        return out
+
+
 class TurnSink:
     """Windows -> turns. A turn opens where speech starts in its first window and closes where
     speech stops in its last one (silence), or at the change point (a new speaker confirmed)."""
@@ -66,13 +90,17 @@ class TurnSink:
         self.start = 0.0
         self.last: SpeakerEvent | None = None
         self.pending: list[SpeakerEvent] = []  # windows of a different voice, not yet a confirmed change
-        self.turns: list[TurnEvent] = []
+        self.tally = TurnTally()
 
     def handle(self, event: Event) -> None:
         if isinstance(event, SpeakerEvent):
             self._window(event)
         elif isinstance(event, SilenceEvent) or (isinstance(event, StatusEvent) and event.state == "stopped"):
             self._close(self._speech_end(), event.end if isinstance(event, SilenceEvent) else self._speech_end())
+
+    def finish(self) -> None:
+        """The stream is ending: close the open turn now, so it goes out before "stopped"."""
+        self._close(self._speech_end(), self._speech_end())
 
     def _window(self, event: SpeakerEvent) -> None:
         if self.label is None:
@@ -98,7 +126,7 @@ class TurnSink:
     def _close(self, end: float, confirmed: float) -> None:
         if self.label is not None and end - self.start >= self.min_turn_s:
             turn = TurnEvent(self.start, end, self.rename(self.label), confirmed)
-            self.turns.append(turn)
+            self.tally.add(turn)
             self.emit(turn)
         self.label, self.last, self.pending = None, None, []
 
@@ -114,33 +142,40 @@ def rttm_name(label: str) -> str:
 class RttmSink:
     """Closed turns as NIST RTTM lines: SPEAKER <file> 1 <onset> <duration> <NA> <NA> <name> <NA> <NA>.
 
-    Lines are flushed as turns close; at the end the file is rewritten once with every guest
-    under its final label, since guests merged later may have been written under an older one.
+    Lines are written and flushed as turns close, and not kept. Guests merged later may have
+    been written under an older label, so at the end the file is rewritten line by line (never
+    held whole) with every name under its final label, if any changed. Owner-only: it says who
+    spoke when.
     """
 
     def __init__(self, path: Path, file_id: str, rename: Callable[[str], str] = lambda label: label) -> None:
         self.path, self.file_id, self.rename = path, rttm_name(file_id), rename
-        self.turns: list[TurnEvent] = []
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.stream: TextIO = path.open("w", encoding="utf-8")
-        except OSError as exc:
-            raise SpkrecError(f"cannot write RTTM to {path}: {exc.strerror}") from None
+        self.written: dict[str, str] = {}  # RTTM name -> the label it was written for (one per voice)
+        self.stream: TextIO = open_private(path, "w")
 
     def _line(self, turn: TurnEvent) -> str:
-        return (f"SPEAKER {self.file_id} 1 {turn.start:.3f} {turn.end - turn.start:.3f} <NA> <NA> "
-                f"{rttm_name(self.rename(turn.label))} <NA> <NA>\n")
+        name = rttm_name(self.rename(turn.label))
+        self.written.setdefault(name, self.rename(turn.label))
+        return f"SPEAKER {self.file_id} 1 {turn.start:.3f} {turn.end - turn.start:.3f} <NA> <NA> {name} <NA> <NA>\n"
 
     def handle(self, event: Event) -> None:
         if isinstance(event, TurnEvent):
-            self.turns.append(event)
             self.stream.write(self._line(event))
             self.stream.flush()
 
     def close(self) -> None:
         self.stream.close()
+        final = {name: rttm_name(self.rename(label)) for name, label in self.written.items()}
+        if all(name == now for name, now in final.items()):
+            return
         partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text("".join(self._line(t) for t in self.turns), encoding="utf-8")
+        with self.path.open(encoding="utf-8") as old, open_private(partial, "w") as new:
+            for line in old:
+                fields = line.split(" ")
+                fields[7] = final.get(fields[7], fields[7])
+                new.write(" ".join(fields))
+            new.flush()
+            os.fsync(new.fileno())
         partial.replace(self.path)
 
 
@@ -166,10 +201,14 @@ class Meeting:
             sinks.append(RttmSink(self.rttm, self.file_id, self.guests.current))
         return sinks
 
-    def final_turns(self) -> list[TurnEvent]:
-        """Every closed turn, with guests under their final labels."""
-        turns = self.turns.turns if self.turns else []
-        return [dataclasses.replace(t, label=self.guests.current(t.label)) for t in turns]
+    def final_turns(self) -> TurnTally:
+        """Talk time and turns of every closed turn, per final label (guests merged since): what
+        ``summary`` takes. Totals, not the turns themselves, so memory stays flat."""
+        tally = self.turns.tally if self.turns else TurnTally()
+        return tally.renamed(self.guests.current)
+
+    def summary(self) -> list[tuple[str, float, int, float]]:
+        return summary(self.final_turns())
 
 
 class _GuestsWriter:
@@ -186,12 +225,11 @@ class _GuestsWriter:
             self.meeting.guests.save(self.meeting.guests_file, self.meeting.fingerprint)
 
 
-def summary(turns: list[TurnEvent]) -> list[tuple[str, float, int, float]]:
+def summary(turns: TurnTally | Iterable[TurnEvent]) -> list[tuple[str, float, int, float]]:
     """(label, talk seconds, turns, share of all talk) per speaker, most talk first."""
-    talk: Counter = Counter()
-    count: Counter = Counter()
-    for turn in turns:
-        talk[turn.label] += turn.end - turn.start
-        count[turn.label] += 1
-    total = sum(talk.values()) or 1.0
-    return [(label, seconds, count[label], seconds / total) for label, seconds in talk.most_common()]
+    tally = turns if isinstance(turns, TurnTally) else TurnTally()
+    if tally is not turns:
+        for turn in turns:
+            tally.add(turn)
+    total = sum(tally.talk.values()) or 1.0
+    return [(label, seconds, tally.count[label], seconds / total) for label, seconds in tally.talk.most_common()]

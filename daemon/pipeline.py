@@ -5,6 +5,11 @@ thread of its own (capture callbacks only enqueue). The ``Pipeline`` thread coll
 windows that fall due at the same hop in every stream and sends them to the engine as one
 batch, so four microphones cost one inference call per hop, not four. Events are tagged with
 their stream's name. One stream is the same code with a batch of one.
+
+Only the pipeline thread writes to sinks: what a reader thread has to say (a lost device, a gap
+in the audio) travels through the same queue as its windows, so it is delivered in order, and
+no sink is ever entered by two threads. Shutdown is ordered: readers end first (bounded), then
+each stream says "stopped" and closes its own sinks, then the shared sinks close.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import dataclasses
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,11 +29,12 @@ from spkrec.models.engine import Engine
 from .decisions import Decider
 from .events import Event, StatusEvent
 from .sinks import Sink
-from .sources import Source
+from .sources import Block, Source
 from .state import LiveState
 from .vad import Vad
 from .windowing import Window, Windower
 
+READERS_JOIN_S = 5.0  # how long shutdown waits for reader threads (each checks ``stop`` every 0.1-0.2 s)
 MAX_BATCH = 16  # windows per engine call when a fast (file) stream has queued many: ONNX Runtime's
 # memory arena grows to the largest batch it has run (64 held ~800 MB on the CPU, 16 about half)
 
@@ -46,21 +52,59 @@ class Stream:
     sinks: list = field(default_factory=list)
     name: str = ""
     shared: Sequence[Sink] = ()
+    demo: bool = False  # the demo stream: every event says so
+    notices: list = field(default_factory=list)  # status events (start warnings) said after "listening"
+
+    _outbox: deque = field(default_factory=deque, init=False, repr=False)  # events waiting for delivery
+    _delivering: bool = field(default=False, init=False, repr=False)
+    _owner: int | None = field(default=None, init=False, repr=False)  # the thread that may write the sinks
+    _post: Callable[[Event], None] | None = field(default=None, init=False, repr=False)
+
+    def attach(self, post: Callable[[Event], None]) -> None:
+        """From now on only the calling thread delivers events; others hand theirs to ``post``."""
+        self._owner, self._post = threading.get_ident(), post
+
+    def detach(self) -> None:
+        self._owner = self._post = None
 
     def emit(self, event: Event) -> None:
-        if self.name and not event.stream:  # every event type has the field
-            event = dataclasses.replace(event, stream=self.name)
+        """Deliver ``event`` to the state and every sink, in causal order.
+
+        A sink may emit while it handles an event (the door decides on a speaker event, turns
+        close on silence). Those events wait in a FIFO until the current one has reached every
+        sink, so any log sees the cause before its effects. Called from another thread (a
+        capture callback's status), the event is posted to the pipeline thread instead.
+        """
+        if self._post is not None and threading.get_ident() != self._owner:
+            self._post(event)
+            return
+        if (self.name and not event.stream) or (self.demo and not event.demo):  # every event type has both
+            event = dataclasses.replace(event, stream=event.stream or self.name, demo=self.demo)
+        self._outbox.append(event)
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while self._outbox:
+                self._deliver(self._outbox.popleft())
+        finally:
+            self._delivering = False
+
+    def _deliver(self, event: Event) -> None:
         self.state.handle(event)
         for sink in (*self.sinks, *self.shared):
             sink.handle(event)
 
     def read(self, stop: threading.Event, out: queue.Queue) -> None:
         """Reader thread: blocks -> VAD frames -> due windows into ``out``; then (self, None),
-        or (self, exception) when the source failed."""
+        or (self, exception) when the source failed. Status events go into ``out`` too, in
+        order with the windows, for the pipeline thread to deliver."""
         outcome: BaseException | None = None
         try:
             for block in self.source.blocks(stop):
                 self.counters()
+                if block.lost_s > 0:
+                    self._gap(block, out)
                 for frame in self.vad.frames(block.samples):
                     self.state.level_db, self.state.voiced = frame.level_db, frame.voiced
                     for window in self.windower.push(frame, block.arrival):
@@ -69,6 +113,16 @@ class Stream:
             outcome = exc
         finally:
             out.put((self, outcome))
+
+    def _gap(self, block: Block, out: queue.Queue) -> None:
+        """Audio that never arrived still takes time: stream time moves on by it (as silence),
+        so event and RTTM times stay true to the clock, and a ``gap`` status says so."""
+        rate = self.windower.rate
+        at = self.windower.filled / rate
+        out.put((self, StatusEvent("gap", f"{block.lost_s:.2f} s of audio lost at {at:.2f} s", {
+            "lost_s": round(block.lost_s, 3), "start": round(at, 3), "end": round(at + block.lost_s, 3)})))
+        for window in self.windower.skip(int(round(block.lost_s * rate)), block.arrival):
+            out.put((self, window))
 
     def counters(self) -> None:
         self.state.dropped = getattr(self.source, "dropped_blocks", 0)
@@ -79,14 +133,23 @@ class Stream:
         self.emit(StatusEvent("listening", f"listening on {self.source.name}", {
             "source": self.source.name, "rate": w.rate, "native_rate": self.source.native_rate,
             "provider": engine.provider, "model": str(engine.path), "window_s": w.window / w.rate,
-            "hop_s": w.hop / w.rate}))
+            "hop_s": w.hop / w.rate, **({"demo": True} if self.demo else {})}))
+        for notice in self.notices:
+            self.emit(notice)
 
     def stopped(self, by_signal: bool) -> None:
+        """The stream's last words: its own sinks finish what is open (a meeting's last turn)
+        before "stopped" goes out, so "stopped" is the stream's last event; then they close."""
         self.source.close()
         self.counters()
+        for sink in self.sinks:
+            finish = getattr(sink, "finish", None)
+            if finish is not None:
+                finish()
         self.emit(StatusEvent("stopped", "stopped by signal" if by_signal else "stream ended",
                               {"stream_s": round(self.windower.filled / self.windower.rate, 3),
-                               "dropped_blocks": self.state.dropped, "overflows": self.state.overflows}))
+                               "dropped_blocks": self.state.dropped, "overflows": self.state.overflows,
+                               "lost_s": round(self.state.lost_s, 3)}))
         for sink in self.sinks:
             sink.close()
 
@@ -108,6 +171,7 @@ class Pipeline:
         A source that failed is re-raised here once all streams have stopped."""
         due: queue.Queue = queue.Queue(maxsize=MAX_BATCH * len(self.streams))
         for stream in self.streams:
+            stream.attach(lambda event, s=stream: due.put((s, event)))
             stream.started(self.engine)
         readers = [threading.Thread(target=s.read, args=(stop, due), name=f"read-{s.name}", daemon=True)
                    for s in self.streams]
@@ -116,34 +180,72 @@ class Pipeline:
         live, failures = set(self.streams), []
         try:
             while live:
-                batch = self._gather(due, live)
-                windows = []
-                for stream, item in batch:
-                    if isinstance(item, Window):
-                        windows.append((stream, item))
-                    else:  # the stream ended (None) or failed (an exception)
-                        live.discard(stream)
-                        if item is not None:
-                            failures.append(item)
-                            stream.emit(StatusEvent("error", str(item)))
-                self._score(windows)
+                batch = self._gather(due, live, stop)
+                if batch is None:  # stopped, and the readers have gone quiet without saying goodbye
+                    break
+                self._handle(batch, live, failures)
         finally:
             signalled = stop.is_set()
             stop.set()  # the other readers end too when one stage failed
+            self._join(readers, due, live, failures)
             for stream in self.streams:
                 stream.stopped(by_signal=signalled)
             for sink in self.sinks:
                 sink.close()
+            for stream in self.streams:
+                stream.detach()
         if failures:
             raise failures[0]
 
-    def _gather(self, due: queue.Queue, live: set[Stream]) -> list:
+    def _handle(self, batch: list, live: set[Stream], failures: list) -> None:
+        """Windows are scored together; a status event or a stream's end is delivered in its
+        place in the queue (the windows before it are scored first), so order is kept."""
+        windows: list[tuple[Stream, Window]] = []
+        for stream, item in batch:
+            if isinstance(item, Window):
+                windows.append((stream, item))
+                continue
+            self._score(windows)
+            windows = []
+            if item is None or isinstance(item, BaseException):  # the stream ended or failed
+                live.discard(stream)
+                if item is not None:
+                    failures.append(item)
+                    stream.emit(StatusEvent("error", str(item)))
+            else:  # an event from the reader thread: a device status, a gap
+                stream.emit(item)
+        self._score(windows)
+
+    def _join(self, readers: list[threading.Thread], due: queue.Queue, live: set[Stream], failures: list) -> None:
+        """Wait (bounded) for the reader threads to end, delivering what they still say (a
+        reader may be blocked on a full queue). Windows still queued are dropped: we are stopping."""
+        deadline = time.monotonic() + READERS_JOIN_S
+        while any(r.is_alive() for r in readers) and time.monotonic() < deadline:
+            self._drain(due, live, failures)
+            for reader in readers:
+                reader.join(timeout=0.05)
+        self._drain(due, live, failures)
+
+    def _drain(self, due: queue.Queue, live: set[Stream], failures: list) -> None:
+        while True:
+            try:
+                stream, item = due.get_nowait()
+            except queue.Empty:
+                return
+            if not isinstance(item, Window):
+                self._handle([(stream, item)], live, failures)
+
+    def _gather(self, due: queue.Queue, live: set[Stream], stop: threading.Event) -> list | None:
         """The next batch: the first due window, then those of the other live streams at the same
-        hop (waiting at most ``batch_wait_s``), plus whatever else is already queued."""
-        batch = [due.get()]
+        hop (waiting at most ``batch_wait_s``), plus whatever else is already queued. None when
+        ``stop`` has been set for ``READERS_JOIN_S`` and nothing came."""
+        first = self._first(due, stop)
+        if first is None:
+            return None
+        batch = [first]
         deadline = time.monotonic() + self.batch_wait_s
         while len(batch) < MAX_BATCH:
-            waiting = live - {s for s, _ in batch}
+            waiting = live - {s for s, item in batch if isinstance(item, Window)}
             try:
                 if waiting:
                     batch.append(due.get(timeout=max(0.0, deadline - time.monotonic())))
@@ -152,6 +254,18 @@ class Pipeline:
             except queue.Empty:
                 break
         return batch
+
+    @staticmethod
+    def _first(due: queue.Queue, stop: threading.Event) -> tuple | None:
+        stopping_since: float | None = None
+        while True:
+            try:
+                return due.get(timeout=0.2)
+            except queue.Empty:
+                if stop.is_set():
+                    stopping_since = stopping_since or time.monotonic()
+                    if time.monotonic() - stopping_since > READERS_JOIN_S:
+                        return None
 
     def _score(self, windows: list[tuple[Stream, Window]]) -> None:
         """Voiced windows of every stream in one engine call; decisions in each stream's order."""

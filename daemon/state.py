@@ -35,6 +35,8 @@ class LiveState:
     overflows: int = 0
     dropped: int = 0
     windows: int = 0
+    gaps: int = 0  # stretches of audio that never arrived (dropped blocks, a lost device)
+    lost_s: float = 0.0  # and their length in all
     door: DoorEvent | None = None  # the last door decision, when a door is configured
     talk_time: Counter = field(default_factory=Counter)
     turns: Counter = field(default_factory=Counter)
@@ -61,6 +63,9 @@ class LiveState:
             elif isinstance(event, SilenceEvent):
                 self.speaking = False
                 self.stream_time = event.end
+            elif isinstance(event, StatusEvent) and event.state == "gap":
+                self.gaps += 1  # a gap is an incident, not a state: the stream is still listening
+                self.lost_s += float(event.details.get("lost_s", 0.0))
             elif isinstance(event, StatusEvent):
                 self.status, self.status_message = event.state, event.message
             elif isinstance(event, DoorEvent):

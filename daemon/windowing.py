@@ -1,7 +1,9 @@
 """Sliding windows over VAD frames: every hop, the last window goes to the engine.
 
 A fixed ring buffer holds the last window of audio and its voiced flags, so memory stays
-flat for hours. Stream time (samples seen / rate) travels with every window.
+flat for hours. Stream time (samples seen / rate) travels with every window, and audio that
+never arrived (dropped blocks, a lost device) still counts, so stream time keeps pace with the
+wall clock.
 """
 
 from __future__ import annotations
@@ -66,4 +68,27 @@ class Windower:
                 out.append(Window((self.filled - self.window) / self.rate, self.filled / self.rate,
                                   self.audio.copy(), self.voiced.copy(), arrival))
                 self.next_due += self.hop
+        return out
+
+    def skip(self, n: int, arrival: float) -> list[Window]:
+        """Account for ``n`` samples that never arrived, as unvoiced silence.
+
+        Stream time advances by the missing audio, so later windows (and RTTM, events) keep their
+        true times. At most one window is returned however long the gap: the last one due, which
+        is silence once the gap covers a whole window (so an open turn closes there), instead of
+        a flood of empty windows for a device that was gone for minutes.
+        """
+        if n <= 0:
+            return []
+        k = min(n, self.window)
+        self.audio = np.roll(self.audio, -k)
+        self.audio[-k:] = 0.0
+        self.voiced = np.roll(self.voiced, -k)
+        self.voiced[-k:] = False
+        self.filled += n
+        if self.filled < self.next_due:
+            return []
+        out = [Window((self.filled - self.window) / self.rate, self.filled / self.rate, self.audio.copy(),
+                      self.voiced.copy(), arrival)]
+        self.next_due += ((self.filled - self.next_due) // self.hop + 1) * self.hop
         return out

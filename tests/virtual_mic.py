@@ -21,6 +21,7 @@ class VirtualMic:
         self.root, self.rate = root, rate
         self.process: subprocess.Popen | None = None
         self.env: dict[str, str] = {}
+        self.modules: dict[str, list[str]] = {}  # extra microphone -> its PulseAudio module indices
 
     def start(self) -> "VirtualMic":
         if shutil.which("pulseaudio") is None or shutil.which("pactl") is None:
@@ -66,15 +67,28 @@ class VirtualMic:
         sink = f"{name}_sink"
         home = self.root / f"home-{name}"
         if not home.is_dir():
-            env = {**os.environ, **self.env}
-            for args in (["module-null-sink", f"sink_name={sink}", f"rate={self.rate}", "channels=1", "format=s16le"],
-                         ["module-null-source", f"source_name={name}_silence"],
-                         ["module-loopback", f"source={name}_silence", f"sink={sink}", "latency_msec=20"]):
-                subprocess.run(["pactl", "load-module", *args], env=env, check=True, capture_output=True)
+            self.replug(name)
             home.mkdir()
             (home / ".asoundrc").write_text(f'pcm.{name} {{\n  type pulse\n  device "{sink}.monitor"\n'
                                             f'  hint {{ show on description "spkrec test microphone {name}" }}\n}}\n')
         return sink, {**self.env, "HOME": str(home)}
+
+    def unplug(self, name: str) -> None:
+        """The microphone ``name`` goes away (its sink and clock unloaded), as a USB one pulled out."""
+        env = {**os.environ, **self.env}
+        for module in reversed(self.modules.pop(name, [])):
+            subprocess.run(["pactl", "unload-module", module], env=env, capture_output=True)
+
+    def replug(self, name: str) -> None:
+        """(Re)create the sink behind microphone ``name``, under the same names."""
+        sink, env = f"{name}_sink", {**os.environ, **self.env}
+        modules = []
+        for args in (["module-null-sink", f"sink_name={sink}", f"rate={self.rate}", "channels=1", "format=s16le"],
+                     ["module-null-source", f"source_name={name}_silence"],
+                     ["module-loopback", f"source={name}_silence", f"sink={sink}", "latency_msec=20"]):
+            done = subprocess.run(["pactl", "load-module", *args], env=env, check=True, capture_output=True, text=True)
+            modules.append(done.stdout.strip())
+        self.modules[name] = modules
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from spkrec.models.audio import audio_files, load_audio
-from spkrec.models.calibration import OpenSetCalibration, calibrate_open_set
+from spkrec.models.calibration import DoorRule, OpenSetCalibration, VisitCalibration, calibrate_open_set, calibrate_visits
 from spkrec.models.config import Config
 from spkrec.models.engine import Engine
 from spkrec.models.errors import AudioError, GalleryError
@@ -46,8 +46,10 @@ def impostor_windows(engine: Engine, paths: list[Path], cfg: Config, console: Co
     return recordings
 
 
-def calibrate(engine: Engine, gallery: Gallery, impostors: list[np.ndarray], cfg: Config) -> OpenSetCalibration:
-    """Measure the operating point; it is stored in the gallery only by the caller, after it is shown."""
+def calibrate(engine: Engine, gallery: Gallery, impostors: list[np.ndarray],
+              cfg: Config) -> tuple[OpenSetCalibration, VisitCalibration]:
+    """Measure the operating points, per window and per door visit; they are stored in the gallery
+    only by the caller, after they are shown."""
     fingerprint = engine.info.fingerprint
     speakers = gallery.speakers()
     if not speakers:
@@ -62,7 +64,13 @@ def calibrate(engine: Engine, gallery: Gallery, impostors: list[np.ndarray], cfg
         raise GalleryError(f"too little enrolled speech to hold any out for {', '.join(short)}: enroll more "
                            f"(at least {(guard + 4) * engine.info.hop_s + engine.info.window_s:.0f} s voiced each)")
     try:
-        return calibrate_open_set(windows, impostors, cfg.calibrate.target_far, cfg.stream.smoothing,
-                                  cfg.calibrate.holdout, guard)
+        windowed = calibrate_open_set(windows, impostors, cfg.calibrate.target_far, cfg.stream.smoothing,
+                                      cfg.calibrate.holdout, guard)
+        # The door's visitors: its authorised names, or every enrolled voice where no door is set up yet.
+        authorised = set(cfg.door.authorized) & set(windows) or set(windows)
+        rule = DoorRule(cfg.door.wins, cfg.door.of_last, cfg.stream.smoothing, cfg.decision.margin)
+        visits = calibrate_visits(windows, impostors, authorised, windowed.threshold, cfg.calibrate.target_visit_far,
+                                  rule, cfg.calibrate.holdout, guard)
+        return windowed, visits
     except ValueError as exc:
         raise GalleryError(f"cannot calibrate: {exc}: pass --impostors with recordings of other voices") from None

@@ -52,13 +52,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("live", parents=[common], help="listen and show who is speaking, live (also: spkrec-live)",
                        description="Capture audio (microphone, file or stdin), keep voiced audio, score sliding "
                                    "windows with ONNX Runtime and show live speaker labels. With no model configured "
-                                   "the default model is used (built once); with no microphone, a demo stream.")
+                                   "the shipped base model is used. With no microphone on an interactive terminal "
+                                   "and no input configured, or with --demo, a demo conversation plays instead.")
     p.add_argument("--device", dest="devices", action="append", metavar="[NAME=]ID",
                    help="input device index or name substring (`spkrec devices`); repeat to serve several "
                         "microphones at once, NAME= names the stream [audio.device, inputs.NAME.device]")
     p.add_argument("--input", dest="inputs", action="append", metavar="[NAME=]FILE",
                    help="read a file instead of a microphone ('-' = raw 16-bit PCM on stdin); repeatable")
     p.add_argument("--fast", action="store_true", help="with --input FILE: as fast as possible, not in real time")
+    p.add_argument("--demo", action="store_true",
+                   help="play the demo (three enrolled voices and a stranger) instead of listening; its events "
+                        "carry \"demo\": true")
     _model_flags(p)
     p.add_argument("--events", metavar="FILE", help="append JSON-lines events to FILE ('-' = stdout)")
     p.add_argument("--no-ui", action="store_true", help="plain log lines on stderr instead of the terminal UI")
@@ -108,12 +112,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("calibrate", parents=[common], help="set the gallery's threshold from your own voices",
                        description="Measure the decision threshold on the enrolled speakers' held-out windows "
                                    "(targets) and recordings of other voices (impostors): the lowest threshold whose "
-                                   "false-accept rate is at most --far. Reports FAR, FRR and EER and stores the "
-                                   "threshold in the gallery, where operating_point 'auto' picks it up.")
+                                   "false-accept rate is at most --far. Then replays every impostor recording through "
+                                   "the door's rule as a visit and raises the door's threshold until at most "
+                                   "--visit-far of those visits would be granted. Reports FAR, FRR, EER and the visit "
+                                   "rates and stores both thresholds in the gallery, where operating_point 'auto' picks "
+                                   "them up.")
     p.add_argument("--impostors", nargs="+", type=Path, metavar="PATH",
                    help="audio files or folders of voices that are not enrolled (recommended: 20+ people)")
     p.add_argument("--far", dest="calibrate.target_far", type=float, metavar="RATE",
                    help="target false-accept rate, e.g. 0.01 [calibrate.target_far]")
+    p.add_argument("--visit-far", dest="calibrate.target_visit_far", type=float, metavar="RATE",
+                   help="target share of impostor visits the door grants [calibrate.target_visit_far]")
     p.add_argument("--dry-run", action="store_true", help="report only; do not store the threshold")
     _model_flags(p)
 
@@ -298,9 +307,9 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.errors import AudioError, GalleryError
     from spkrec.models.gallery import Gallery
     from spkrec.models.scoring import mean_embedding
+    from spkrec.models.thresholds import decision_point
 
     from . import enroll
-    from .roster import decision_threshold
 
     engine = _engine(args, cfg)
     if not cfg.gallery_path().is_file():
@@ -314,7 +323,7 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     if sample.voiced.size == 0:
         raise AudioError(f"{args.file} has no voiced speech to verify")
     score = float(mean_embedding(enroll.embed(engine, sample)) @ speaker.voiceprint)
-    threshold = decision_threshold(cfg, engine.info, gallery)
+    threshold = decision_point(cfg, engine.info, gallery).threshold
     accepted = score >= threshold
     print(f"{'accept' if accepted else 'reject'}: {args.file} as {args.name}, score {score:.3f}, threshold {threshold:.3f}")
     return 0 if accepted else 1
@@ -332,7 +341,7 @@ def cmd_calibrate(args: argparse.Namespace, cfg: Config) -> int:
         raise GalleryError(f"no gallery at {cfg.gallery_path()} yet: enroll speakers first (spkrec enroll)")
     gallery = Gallery(cfg.gallery_path())
     impostors = impostor_windows(engine, args.impostors, cfg, console) if args.impostors else []
-    result = calibrate(engine, gallery, impostors, cfg)
+    result, visits = calibrate(engine, gallery, impostors, cfg)
     table = Table(title=f"calibration of {cfg.gallery_path()} ({len(result.speakers)} speakers, "
                         f"{len(impostors)} impostor recordings)")
     table.add_column("measure")
@@ -342,17 +351,25 @@ def cmd_calibrate(args: argparse.Namespace, cfg: Config) -> int:
                         ("false rejects (FRR)", f"{result.frr:.2%}"),
                         ("EER", f"{result.eer:.2%}"), ("minDCF (p=0.01)", f"{result.min_dcf:.3f}"),
                         ("target / impostor trials", f"{result.n_target} / {result.n_nontarget}"),
-                        ("scores averaged over", f"{result.smoothing} windows")):
+                        ("scores averaged over", f"{result.smoothing} windows"),
+                        ("door threshold", f"{visits.threshold:.3f}  ({visits.wins} of {visits.of_last} windows)"),
+                        ("impostor visits granted", f"{visits.false_grants} of {visits.n_impostor_visits}  "
+                                                    f"(target {visits.target:.2%})"),
+                        ("own visits refused", f"{visits.false_rejects} of {visits.n_target_visits}")):
         table.add_row(name, value)
     Console().print(table)
     if result.n_nontarget * result.target_far < 10:
         console.print(f"[yellow]only {result.n_nontarget} impostor trials: a {result.target_far:.1%} false-accept "
                       "rate is barely measurable; add more impostor recordings[/]")
+    if visits.n_impostor_visits * visits.target < 1:
+        console.print(f"[yellow]only {visits.n_impostor_visits} impostor visits: a {visits.target:.1%} false-grant "
+                      f"rate needs at least {int(1 / max(visits.target, 1e-9))}; the door threshold is set so none of "
+                      "them would be granted[/]")
     if args.dry_run:
         return 0
-    gallery.set_calibration(engine.info.fingerprint, result.to_dict())
-    print(f"stored threshold {result.threshold:.3f} in {cfg.gallery_path()} (used where decision.operating_point "
-          f"is 'auto' or 'calibrated')")
+    gallery.set_calibration(engine.info.fingerprint, {**result.to_dict(), "door": visits.__dict__})
+    print(f"stored threshold {result.threshold:.3f} and door threshold {visits.threshold:.3f} in {cfg.gallery_path()} "
+          "(used where decision.operating_point is 'auto' or 'calibrated')")
     return 0
 
 
@@ -375,9 +392,11 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.models.thresholds import decision_point
+
     from .identify import identify_file, skipped_voices
     from .live import open_gallery
-    from .roster import Roster, decision_threshold
+    from .roster import Roster
 
     files = list(args.files)
     if not cfg.model.path and files and files[0].suffix == ".onnx" and len(files) > 1:
@@ -388,7 +407,7 @@ def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
     if skipped:
         _warning(skipped)
     roster = Roster(engine.info, gallery, cfg.decision.trained_speakers)
-    threshold = decision_threshold(cfg, engine.info, gallery)
+    threshold = decision_point(cfg, engine.info, gallery).threshold
     results = [identify_file(engine, roster, path, threshold, cfg.decision.margin) for path in files]
     if args.json:
         for result in results:

@@ -9,7 +9,7 @@ from rich.console import Console
 from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
 from spkrec.models.engine import Engine
-from spkrec.models.errors import ModelError
+from spkrec.models.errors import EngineError, ModelError
 
 
 def ensure_model(cfg: Config) -> Path:
@@ -23,11 +23,15 @@ def ensure_model(cfg: Config) -> Path:
 
 
 def open_engine(cfg: Config, console: Console) -> Engine:
-    """The inference session every command uses, with a visible warning when CUDA was wanted
-    but the session runs on the CPU (onnxruntime-gpu installed, CUDA libraries not loadable)."""
+    """The inference session every command uses. CUDA asked for by name but not obtained
+    (onnxruntime-gpu installed, CUDA libraries not loadable) is an error: a user who said
+    ``--provider cuda`` must not get a CPU quietly. ``auto`` warns and goes on on the CPU."""
     engine = Engine(ensure_model(cfg), cfg.model.provider, cfg.model.threads,
                     io_binding=cfg.model.io_binding)
     if engine.fell_back:
-        console.print(f"[bold yellow]warning: CUDA was wanted but ONNX Runtime runs the model on "
-                      f"{engine.provider} (are the CUDA 13 / cuDNN 9 libraries installed? README, GPU)[/]")
+        reason = (f"CUDA was wanted but ONNX Runtime runs the model on {engine.provider} (are the CUDA 13 / "
+                  "cuDNN 9 libraries installed? README, GPU)")
+        if cfg.model.provider == "cuda":
+            raise EngineError(f"{reason}; use --provider auto or cpu to run on the CPU")
+        console.print(f"[bold yellow]warning: {reason}[/]")
     return engine

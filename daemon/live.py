@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,18 +12,20 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from spkrec.models.config import Config
+from spkrec.models.config import Config, DoorConfig
 from spkrec.models.errors import DeviceError, SpkrecError
 from spkrec.models.gallery import Gallery
+from spkrec.models.thresholds import OperatingPoint, decision_point, guest_threshold
 
 from .decisions import Decider, DeciderSettings
 from .default_model import open_engine
 from .demo import demo_gallery, demo_source
 from .devices import resolve
 from .door import DoorSink
+from .events import StatusEvent
 from .meeting import Meeting, summary
 from .pipeline import Pipeline, Stream
-from .roster import Roster, decision_threshold
+from .roster import Roster
 from .sinks import JsonlSink, LogSink, ProgressSink
 from .sources import FileSource, MicrophoneSource, StdinSource
 from .state import LiveState
@@ -76,23 +79,40 @@ def input_specs(args: argparse.Namespace, cfg: Config) -> list[InputSpec]:
     return unique
 
 
-def build_source(spec: InputSpec, args: argparse.Namespace, cfg: Config, rate: int, console: Console, alone: bool):
-    """(source, is_demo): file, stdin, microphone, or — for a lone input with no device named —
-    the demo stream when there is no microphone."""
+def wants_demo(args: argparse.Namespace, cfg: Config, specs: list[InputSpec], console: Console) -> bool:
+    """The demo only when asked (--demo), or for a person at a terminal who configured no input
+    and has no microphone. A service must never hear made-up voices: without a microphone it
+    stops with an error (and systemd restarts it until the device is there)."""
+    if getattr(args, "demo", False):
+        if getattr(args, "devices", None) or getattr(args, "inputs", None):
+            raise SpkrecError("--demo plays its own conversation: drop --device / --input")
+        return True
+    configured = getattr(args, "devices", None) or getattr(args, "inputs", None) or cfg.inputs or cfg.audio.device
+    if configured or args.no_ui or not (console.is_terminal and sys.stdin.isatty()):
+        return False
+    try:
+        resolve("")
+        return False
+    except DeviceError as exc:
+        console.print(f"[yellow]{exc}: running the demo instead (enrollment, then a conversation); "
+                      "spkrec-live --demo runs it on purpose[/]")
+        return True
+
+
+def build_source(spec: InputSpec, args: argparse.Namespace, cfg: Config, rate: int):
+    """A file, stdin or a microphone; a missing microphone is an error that says what to do."""
     block_s = cfg.audio.block_s
     if spec.file == "-":
-        return StdinSource(cfg.audio.stdin_rate, rate, block_s), False
+        return StdinSource(cfg.audio.stdin_rate, rate, block_s)
     if spec.file:
-        return FileSource(Path(spec.file), rate, block_s, realtime=not getattr(args, "fast", False)), False
+        return FileSource(Path(spec.file), rate, block_s, realtime=not getattr(args, "fast", False))
     try:
         device = resolve(spec.device)
     except DeviceError as exc:
-        if spec.device or not alone:
-            raise
-        console.print(f"[yellow]{exc}: running the demo instead (enrollment, then a conversation)[/]")
-        return demo_source(cfg, rate), True
+        raise DeviceError(f"{exc}: no microphone to listen to (connect one, choose it with --device; "
+                          "spkrec devices lists them; --demo plays the demo)") from None
     # Device status events reach the sinks once the stream exists (see run_live).
-    return MicrophoneSource(device, rate, block_s, cfg.audio.queue_s, cfg.audio.reconnect_max_s, lambda e: None), False
+    return MicrophoneSource(device, rate, block_s, cfg.audio.queue_s, cfg.audio.reconnect_max_s, lambda e: None)
 
 
 def _shared_sinks(args: argparse.Namespace, cfg: Config, states: list[LiveState], threshold: float,
@@ -119,31 +139,43 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     engine.warm_up_batches(len(specs))  # a new batch shape's first call is slow (README, GPU)
     window_s = cfg.stream.window_s or info.window_s
     hop_s = cfg.stream.hop_s or info.hop_s
-    sources = [build_source(spec, args, cfg, info.sample_rate, console, alone=len(specs) == 1) for spec in specs]
-    # The demo enrolls its voices into a gallery of its own; the user's is never touched.
-    gallery = demo_gallery(engine, cfg, console) if any(demo for _, demo in sources) else open_gallery(cfg)
+    demo = wants_demo(args, cfg, specs, console)
+    if demo:  # the demo enrolls its voices into a gallery of its own; the user's is never touched
+        specs = [InputSpec("demo")]
+        sources = [demo_source(cfg, info.sample_rate)]
+        gallery: Gallery | Path | None = demo_gallery(engine, cfg, console)
+    else:
+        sources = [build_source(spec, args, cfg, info.sample_rate) for spec in specs]
+        gallery = open_gallery(cfg) or cfg.gallery_path()  # a path: picked up once enrollment creates it
+    opened = gallery if isinstance(gallery, Gallery) else None
     roster = Roster(info, gallery, cfg.decision.trained_speakers)
-    threshold = decision_threshold(cfg, info, gallery)
-    streams = []
-    for spec, (source, demo) in zip(specs, sources):
+    streams, points = [], []
+    for spec, source in zip(specs, sources):
+        door = cfg.door_for(spec.name)
+        point = decision_point(cfg, info, opened, door=bool(door.authorized))
         state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
                           timeline_s=cfg.ui.timeline_s, demo=demo, name=spec.name)
-        decider = Decider(roster, DeciderSettings(threshold, cfg.decision.margin, cfg.stream.smoothing,
+        decider = Decider(roster, DeciderSettings(point.threshold, cfg.decision.margin, cfg.stream.smoothing,
                                                   cfg.vad.min_voiced_ratio))
         streams.append(Stream(source, Vad(info.sample_rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
-                              Windower(info.sample_rate, window_s, hop_s), decider, state, name=spec.name))
-    meeting = _meeting(args, cfg, guest_threshold(cfg, info, gallery), hop_s, info.fingerprint, streams[0].source.name)
+                              Windower(info.sample_rate, window_s, hop_s), decider, state, name=spec.name, demo=demo))
+        points.append(point)
+    roster.report = streams[0].emit  # from the pipeline thread, which reads the roster
+    meeting = _meeting(args, cfg, guest_threshold(cfg, info, opened), hop_s, info.fingerprint, streams[0].source.name)
     duration = sum(getattr(s.source, "duration_s", 0.0) for s in streams)
-    shared = _shared_sinks(args, cfg, [s.state for s in streams], threshold, duration, console)
-    for stream in streams:
+    shared = _shared_sinks(args, cfg, [s.state for s in streams], points[0].threshold, duration, console)
+    for stream, point in zip(streams, points):
         if meeting is not None:
             stream.decider = meeting.decider(stream.decider)
             stream.sinks[:0] = meeting.sinks(stream.emit)  # turns close before the UI and event log see "stopped"
         door = cfg.door_for(stream.name)
         if door.authorized:
-            stream.sinks.append(DoorSink(door, stream.emit))
+            stream.sinks.append(DoorSink(door, stream.emit))  # its worker's reports reach the pipeline thread
+            for warning in door_warnings(door, roster, opened, info.fingerprint, point):
+                console.print(f"[bold yellow]warning: {stream.name + ': ' if len(streams) > 1 else ''}{warning}[/]")
+                stream.notices.append(StatusEvent("warning", warning))
         if hasattr(stream.source, "on_status"):
-            stream.source.on_status = stream.emit  # device status goes to every sink from now on
+            stream.source.on_status = stream.emit  # device status: posted to the pipeline thread
     pipeline = Pipeline(streams, engine, shared, cfg.stream.batch_wait_s)
 
     stop = threading.Event()
@@ -161,16 +193,23 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def guest_threshold(cfg: Config, info, gallery: Gallery | None) -> float:
-    """Where a window joins a guest: ``[meeting] guest_threshold``, else the equal-error point
-    (the gallery's calibration, else the model's): clustering should balance splitting one
-    voice against merging two, where a door's threshold guards against false accepts only."""
-    if cfg.meeting.guest_threshold:
-        return cfg.meeting.guest_threshold
-    calibrated = gallery.calibration(info.fingerprint) if gallery is not None else None
-    if calibrated and "eer_threshold" in calibrated:
-        return float(calibrated["eer_threshold"])
-    return float(info.thresholds.get("eer", cfg.threshold_for(info.thresholds)))
+def door_warnings(door: DoorConfig, roster: Roster, gallery: Gallery | None, fingerprint: str,
+                  point: OperatingPoint) -> list[str]:
+    """What makes a door less than it seems, said at start: names it can never grant, voiceprints
+    it cannot score, a threshold nobody measured on this site's voices."""
+    warnings = []
+    foreign = set(gallery.foreign(fingerprint)) if gallery is not None else set()
+    stale = [name for name in door.authorized if name in foreign]
+    if stale:
+        warnings.append(f"authorised {', '.join(stale)} enrolled with another model: the door cannot grant "
+                        "them until they are re-enrolled with this one")
+    unknown = [name for name in door.authorized if name not in roster.names() and name not in foreign]
+    if unknown:
+        warnings.append(f"authorised {', '.join(unknown)} neither trained nor enrolled: the door cannot grant them")
+    if not point.calibrated:
+        warnings.append(f"door threshold {point.threshold:.3f} is the model's training-time {point.source}, not "
+                        "measured on this gallery: run spkrec calibrate --impostors ... (README, The door)")
+    return warnings
 
 
 def _meeting(args: argparse.Namespace, cfg: Config, threshold: float, hop_s: float, fingerprint: str,

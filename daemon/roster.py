@@ -1,31 +1,46 @@
 """Who can be recognised: the model's trained speakers plus the enrolled ones.
 
 The gallery is re-read whenever another process commits to it (SQLite's data_version), so
-``spkrec enroll`` takes effect in a running daemon without a restart.
+``spkrec enroll`` takes effect in a running daemon without a restart; a gallery that does not
+exist yet at start is opened once the first enrollment creates it. A gallery that cannot be
+read later keeps the last good roster scoring, and the error is reported, never swallowed.
 """
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
 import numpy as np
 
 from spkrec.models.artifact import ModelInfo
-from spkrec.models.config import Config
 from spkrec.models.errors import GalleryError
 from spkrec.models.gallery import Gallery
 
+from .events import StatusEvent
+
 
 class Roster:
-    def __init__(self, info: ModelInfo, gallery: Gallery | None, trained_speakers: bool = True) -> None:
-        self.info, self.gallery = info, gallery
+    def __init__(self, info: ModelInfo, gallery: Gallery | Path | None, trained_speakers: bool = True,
+                 report: Callable[[StatusEvent], None] | None = None) -> None:
+        self.info = info
+        self.path = gallery if isinstance(gallery, Path) else None  # opened when it appears
+        self.gallery = gallery if isinstance(gallery, Gallery) else None
+        self.report = report or (lambda event: None)
         self.trained = (info.labels, info.prototypes) if trained_speakers else \
             ((), np.zeros((0, info.embedding_dim), np.float32))
         self.version: int | None = None
         self.current = self.trained
-        self.refresh()  # a gallery of another model is refused here, at start, in one line
+        self.failure: str | None = None  # the error last reported, so it is said once, not per window
+        self.refresh()  # an unreadable gallery is refused here, at start, in one line
 
     def refresh(self) -> None:
         if self.gallery is None:
-            return
+            if self.path is None or not self.path.is_file():
+                return
+            self.gallery = Gallery(self.path)
+            self.report(StatusEvent("gallery", f"gallery {self.path} appeared: enrolled voices are recognised"))
         version = self.gallery.change_counter()
         if version == self.version:
             return
@@ -40,12 +55,15 @@ class Roster:
     def __call__(self) -> tuple[tuple[str, ...], np.ndarray]:
         try:
             self.refresh()
-        except GalleryError:
-            pass  # keep scoring with the last good roster; the error was shown at start
+            if self.failure is not None:
+                self.report(StatusEvent("gallery", "gallery readable again"))
+                self.failure = None
+        except (GalleryError, sqlite3.Error) as exc:
+            if str(exc) != self.failure:  # keep scoring with the last good roster, and say why once
+                self.failure = str(exc)
+                self.report(StatusEvent("error", f"gallery: {exc}; recognising the voices read before"))
         return self.current
 
-
-def decision_threshold(cfg: Config, info: ModelInfo, gallery: Gallery | None) -> float:
-    """The threshold in force: the gallery's own calibration for this model where there is one."""
-    calibrated = gallery.calibration(info.fingerprint) if gallery is not None else None
-    return cfg.threshold_for(info.thresholds, calibrated["threshold"] if calibrated else None)
+    def names(self) -> set[str]:
+        """Every name this roster can put on a voice now."""
+        return set(self.current[0])

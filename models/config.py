@@ -88,6 +88,7 @@ class MeetingConfig:
 @dataclass
 class CalibrateConfig:
     target_far: float = _opt(0.01, lo=0.0001, hi=0.5)
+    target_visit_far: float = _opt(0.01, lo=0.0, hi=0.5)
     holdout: float = _opt(0.25, lo=0.05, hi=0.75)
 
 
@@ -221,24 +222,11 @@ class Config:
         return Path(base) / "spkrec" / "gallery.sqlite"
 
     def threshold_for(self, thresholds: Mapping[str, float], calibrated: float | None = None) -> float:
-        """The decision threshold: the gallery's calibration, a model operating point, or the fixed value.
+        """The decision threshold for a model's ``thresholds`` and a gallery's calibrated one, if any
+        (the rule itself lives in models.thresholds, with the door's and the meetings')."""
+        from .thresholds import resolve
 
-        ``calibrated`` is the threshold ``spkrec calibrate`` stored in the gallery for this model,
-        if any; "auto" prefers it, because it was measured on the user's own voices.
-        """
-        point = self.decision.operating_point
-        if point == "fixed":
-            return self.decision.threshold
-        if point == "calibrated" and calibrated is None:
-            raise ConfigError("config key 'decision.operating_point' is 'calibrated', but the gallery has no "
-                              "calibration for this model: run spkrec calibrate")
-        if point in ("auto", "calibrated") and calibrated is not None:
-            return float(calibrated)
-        point = "eer" if point == "auto" else point
-        if point not in thresholds:
-            raise ConfigError(f"config key 'decision.operating_point': the model has no '{point}' threshold")
-        return float(thresholds[point])
-
+        return resolve(self.decision, thresholds, {"threshold": calibrated} if calibrated is not None else None).threshold
 
 def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
     """Coerce and validate one leaf value, raising ConfigError that names ``key``."""

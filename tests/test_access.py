@@ -35,6 +35,11 @@ def test_calibration_is_measured_on_the_users_voices_and_stored(site):
     assert stored["far"] <= stored["target_far"] == SITE_FAR
     assert stored["n_nontarget"] > 300 and stored["n_target"] > 20
     assert "false rejects (FRR)" in site["calibrate_output"] and "EER" in site["calibrate_output"]
+    # the door's point: every impostor recording replayed as a visit; none of them would be granted
+    door = stored["door"]
+    assert door["threshold"] >= stored["threshold"] and door["n_impostor_visits"] >= 3 * 10
+    assert door["false_grants"] == 0 and door["n_target_visits"] >= 2 and door["wins"] == 3
+    assert "impostor visits granted" in site["calibrate_output"]
     # verify and the daemon use the gallery's threshold (operating_point "auto")
     held_out = _files(AUTHORISED)[-1]
     done = spkrec("verify", AUTHORISED, str(held_out), "--model", site["model"], "--config", str(site["config"]))
@@ -81,7 +86,9 @@ def test_door_through_the_virtual_microphone(site, mic, tmp_path):
         middle = (decision["start"] + decision["end"]) / 2 - offset
         return next(who for start, end, who in reversed(turns) if middle >= start - 1.0)
 
-    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    records = [r for r in lines if r["phase"] == "done"]
+    assert [r["id"] for r in lines if r["phase"] == "decided"] == [r["id"] for r in records]  # each decided first
     granted = [(r["label"], visitor(r)) for r in records if r["granted"]]
     denied = {visitor(r) for r in records if not r["granted"]}
     assert granted == [(AUTHORISED, AUTHORISED)], records

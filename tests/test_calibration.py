@@ -83,3 +83,37 @@ def test_as_norm_is_the_mean_of_z_and_t_norm_over_the_closest_cohort():
             top_t = np.sort(test_cohort[t])[-5:]
             expected = 0.5 * ((raw[t, e] - top_e.mean()) / top_e.std() + (raw[t, e] - top_t.mean()) / top_t.std())
             assert np.isclose(normed[t, e], expected)
+
+
+def test_visit_grant_threshold_replays_the_door_rule():
+    from spkrec.models.calibration import DoorRule, visit_grant_threshold
+
+    rule = DoorRule(wins=3, of_last=4, smoothing=1)
+    both = np.array([True, True])
+    # voice 0 wins windows 0, 1 and 3 of the first four (0.7, 0.6, 0.5): the door opens up to 0.5
+    visit = np.array([[0.7, 0.1], [0.6, 0.2], [0.1, 0.3], [0.5, 0.2], [0.1, 0.2]])
+    assert visit_grant_threshold(visit, both, rule) == 0.5
+    # not authorised: never
+    assert visit_grant_threshold(visit, np.array([False, True]), rule) == float("-inf")
+    # high windows too far apart for 3 of any 4: never, however low the threshold
+    spread = np.array([[0.9, 0.0], [0.0, 0.1], [0.0, 0.1], [0.9, 0.0], [0.0, 0.1], [0.0, 0.1], [0.9, 0.0]])
+    assert visit_grant_threshold(spread, np.array([True, False]), rule) == float("-inf")
+    # smoothing as the live decider does it: the first window alone, then running means
+    smoothed = visit_grant_threshold(np.array([[0.9, 0.0], [0.3, 0.0], [0.3, 0.0]]), both, DoorRule(3, 3, 2))
+    assert np.isclose(smoothed, 0.3)  # windows score 0.9, 0.6, 0.3
+
+
+def test_door_threshold_rises_until_stranger_visits_are_refused():
+    from spkrec.models.calibration import DoorRule, calibrate_visits
+
+    rng = np.random.default_rng(0)
+    voice = normalize(rng.normal(size=(1, 32)))
+    own = normalize(voice + 0.05 * rng.normal(size=(40, 32)))
+    close_stranger = normalize(voice + 0.6 * rng.normal(size=(12, 32)))  # scores near the voice's own
+    far_strangers = [normalize(rng.normal(size=(12, 32))) for _ in range(9)]
+    rule = DoorRule(3, 4, 1)
+    loose = calibrate_visits({"a": own}, [close_stranger, *far_strangers], {"a"}, -1.0, 0.5, rule)
+    strict = calibrate_visits({"a": own}, [close_stranger, *far_strangers], {"a"}, -1.0, 0.0, rule)
+    assert strict.false_grants == 0 and strict.n_impostor_visits == 10
+    assert strict.threshold > loose.threshold and loose.false_grants >= 1
+    assert strict.false_rejects == 0 and strict.n_target_visits >= 1  # the voice itself still gets in

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -145,9 +146,12 @@ def test_missing_model_is_a_one_line_error(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_no_microphone_runs_the_demo_with_enrollment(tmp_path):
-    """No model configured and no microphone: the shipped model enrolls three demo voices on
-    screen and labels their conversation; the fourth voice, never enrolled, is 'unknown'."""
+def test_no_microphone_on_a_terminal_runs_the_demo_with_enrollment(tmp_path):
+    """A person at a terminal, no model configured, no microphone: the shipped model enrolls three
+    demo voices on screen and labels their conversation; the fourth voice, never enrolled, is
+    'unknown'; every event says it is the demo."""
+    import pty
+
     from spkrec.daemon.demo import STRANGER
     from spkrec.daemon.sources import demo_conversation
     from spkrec.models.base import base_model_path
@@ -155,26 +159,54 @@ def test_no_microphone_runs_the_demo_with_enrollment(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}  # no sound server: no input device
     events = tmp_path / "demo.jsonl"
-    process = subprocess.Popen([live_exe(), "--no-ui", "--events", str(events)], env=env, stderr=subprocess.PIPE,
-                               text=True, cwd=tmp_path)
+    leader, terminal = pty.openpty()  # an interactive terminal, as a person has
+    process = subprocess.Popen([live_exe(), "--events", str(events)], env={**env, "COLUMNS": "100", "LINES": "40"},
+                               stdin=terminal, stdout=terminal, stderr=terminal, cwd=tmp_path)
+    os.close(terminal)
+    screen = bytearray()
+    reader = threading.Thread(target=_drain_terminal, args=(leader, screen), daemon=True)
+    reader.start()
     try:
         wait_for(events, '"speaker"', timeout=300)  # the first run fetches the demo voices (Debian packages)
         _, turns = demo_conversation(Config().cache_dir() / "demo" / "heldout.csv", 16000)
         time.sleep(60)  # every voice has had a turn or two by then
     finally:
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
-    assert "running the demo instead" in stderr
-    enrolled = [line for line in stderr.splitlines() if line.startswith("demo: enrolled")]
-    assert len(enrolled) == 3 and STRANGER not in " ".join(enrolled)
+        process.wait(30)
+    reader.join(5)
+    shown = screen.decode(errors="replace")
+    assert process.returncode == 0, shown[-2000:]
+    assert "running the demo instead" in shown
+    assert shown.count("demo: enrolled") == 3 and f"enrolled {STRANGER}" not in shown
     got = conversation.read_events(events)
     assert got[0]["source"] == "demo conversation (no microphone)" and got[0]["model"] == str(base_model_path())
+    assert all(e.get("demo") is True for e in got)  # no integrator can take these for real visitors
     expected = [(start, end, "unknown" if who == STRANGER else who) for start, end, who in turns]
     right, total = conversation.speaker_agreement(got, expected)
     assert total >= 30 and right / total >= 0.7, (right, total)
     labels = conversation.turn_labels(got, expected)
     assert labels.count("unknown") >= 1 and len(set(labels) - {"unknown", ""}) == 3, labels
+
+
+def _drain_terminal(fd: int, into: bytearray) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        into.extend(chunk)
+
+
+def test_a_service_without_a_microphone_stops_instead_of_playing_the_demo(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+    for args in (["--no-ui"], []):  # --no-ui, or no terminal: a service; neither gets made-up voices
+        done = subprocess.run([live_exe(), *args, "--events", str(tmp_path / "e.jsonl")], env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=120)
+        assert done.returncode == 2 and "no microphone to listen to" in done.stderr and "--demo" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "e.jsonl").exists() or '"speaker"' not in (tmp_path / "e.jsonl").read_text()
 
 
 def test_unconfigured_model_means_the_shipped_base_model(live_setup, tmp_path):
@@ -204,4 +236,10 @@ def test_door_opens_for_the_authorised_voice_only(live_setup, tmp_path):
     assert denied and "1688" not in denied  # other voices are turned away, and recorded
     assert opened.read_text().splitlines() == ["1688"]
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert len(audit) == len(doors) and audit[0]["action"].get("command", {}).get("ok") in (True, None)
+    assert [a["id"] for a in audit if a["phase"] == "decided"] == [d["id"] for d in doors]
+    done = [a for a in audit if a["phase"] == "done"]
+    assert len(done) == len(doors) and next(a for a in done if a["granted"])["action"]["command"]["ok"] is True
+    events = conversation.read_events(events)
+    for door in doors:  # each decision comes after the speaker event that tipped it, never before
+        cause = next(i for i, e in enumerate(events) if e["event"] == "speaker" and e["end"] == door["end"])
+        assert events.index(door) > cause

@@ -341,5 +341,13 @@ def test_losing_one_microphone_does_not_interrupt_the_other(base_model, mic, tmp
     assert a_states == ["listening", "stopped"], a_states
     ends = [e["end"] for e in found if e["event"] == "speaker" and e["stream"] == "a"]
     assert len(ends) >= 20 and max(np.diff(ends)) < 0.75, ends  # one every hop, throughout the loss
-    b_states = [e["state"] for e in found if e["event"] == "status" and e["stream"] == "b"]
-    assert {"device-lost", "reconnecting"} <= set(b_states) and "gap" in b_states, b_states
+    b_status = [e for e in found if e["event"] == "status" and e["stream"] == "b"]
+    assert {"device-lost", "reconnecting", "gap"} <= {e["state"] for e in b_status}, b_status
+    gap = next(e for e in b_status if e["state"] == "gap")
+    back = [e["end"] for e in found if e["event"] == "speaker" and e["stream"] == "b" and e["start"] >= gap["end"]]
+    assert len(back) >= 4, back  # it came back, and its stream time counts the time it was gone:
+    assert abs(b_status[-1]["stream_s"] - a_stopped(found)["stream_s"]) < 0.5, b_status[-1]
+
+
+def a_stopped(found: list[dict]) -> dict:
+    return next(e for e in found if e["event"] == "status" and e["state"] == "stopped" and e["stream"] == "a")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ class VirtualMic:
         socket = self.root / "native"
         (self.root / "default.pa").write_text(
             f"load-module module-native-protocol-unix auth-anonymous=1 socket={socket}\n"
+            # pacmd's command line, to end one recording stream (pactl 16 cannot): see unplug()
+            f"load-module module-cli-protocol-unix socket={self.root / 'cli'}\n"
             f"load-module module-null-sink sink_name={SINK} rate={self.rate} channels=1 format=s16le\n"
             # A silent loopback keeps the null sink on a steady clock; without it the monitor
             # delivers audio in bursts of up to 2 s.
@@ -74,10 +77,30 @@ class VirtualMic:
         return sink, {**self.env, "HOME": str(home)}
 
     def unplug(self, name: str) -> None:
-        """The microphone ``name`` goes away (its sink and clock unloaded), as a USB one pulled out."""
+        """The microphone ``name`` goes away, as a USB one pulled out: the streams recording from it
+        are ended (PulseAudio would otherwise move them to the default source, the other
+        microphone) and its sink and clock unloaded."""
         env = {**os.environ, **self.env}
+        pactl = lambda *args: subprocess.run(["pactl", *args], env=env, capture_output=True, text=True).stdout  # noqa: E731
+        sources = [line.split("\t") for line in pactl("list", "short", "sources").splitlines()]
+        monitor = {fields[0] for fields in sources if fields[1] == f"{name}_sink.monitor"}
+        for fields in (line.split("\t") for line in pactl("list", "short", "source-outputs").splitlines()):
+            if fields[1] in monitor:
+                self._cli(f"kill-source-output {fields[0]}")
         for module in reversed(self.modules.pop(name, [])):
             subprocess.run(["pactl", "unload-module", module], env=env, capture_output=True)
+
+    def _cli(self, command: str) -> str:
+        """One command on PulseAudio's command-line socket (what pacmd sends)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as cli:
+            cli.settimeout(5)
+            cli.connect(str(self.root / "cli"))
+            cli.sendall(command.encode() + b"\n")
+            cli.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := cli.recv(4096):
+                reply += chunk
+        return reply.decode(errors="replace")
 
     def replug(self, name: str) -> None:
         """(Re)create the sink behind microphone ``name``, under the same names."""

@@ -245,7 +245,7 @@ class Pipeline:
         batch = [first]
         deadline = time.monotonic() + self.batch_wait_s
         while len(batch) < MAX_BATCH:
-            waiting = live - {s for s, item in batch if isinstance(item, Window)}
+            waiting = live - {s for s, item in batch if not isinstance(item, Event)}  # a window, or the end
             try:
                 if waiting:
                     batch.append(due.get(timeout=max(0.0, deadline - time.monotonic())))

@@ -13,9 +13,10 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 
 import conversation
 from conftest import ENROLL_FILES, SITE_ENROLLED, play_to_daemon, speaker_files, spkrec
-from spkrec.daemon.events import SilenceEvent, SpeakerEvent, StatusEvent
+from spkrec.daemon.events import SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
 from spkrec.daemon.guests import GuestClusterer
-from spkrec.daemon.meeting import TurnSink
+from spkrec.daemon.meeting import RttmSink, TurnSink, TurnTally, summary
+from spkrec.models.private import readable_by_others
 
 GUESTS = ("2414", "3080")  # never enrolled
 
@@ -58,6 +59,42 @@ def test_guests_stay_consistent_are_capped_and_merge():
     first = merging.assign(voices[0], 0.5)[0]
     merging.assign(voices[0] + 0.2 * rng.normal(size=64), 0.5)  # a new guest, then merged into the first
     assert len(merging.guests) == 1 and merging.current("Guest 2") == first == "Guest 1"
+
+
+def test_rttm_lines_go_out_as_turns_close_and_guests_get_their_final_names(tmp_path):
+    """Nothing per turn is kept: lines are written as turns close, and at the end a guest merged
+    into an older one is renamed in the file, which only its owner can read."""
+    merged: dict[str, str] = {}
+    path = tmp_path / "new" / "standup.rttm"
+    sink = RttmSink(path, "stand up", lambda label: merged.get(label, label))
+    for i in range(1000):
+        sink.handle(TurnEvent(2.0 * i, 2.0 * i + 1.5, ("Guest 2", "ann")[i % 2], 2.0 * i + 2))
+    assert path.read_text().count("Guest_2") == 500 and len(sink.written) == 2
+    merged["Guest 2"] = "Guest 1"
+    sink.handle(TurnEvent(2000.0, 2001.0, "Guest 1", 2001.0))
+    sink.close()
+    rows = [line.split() for line in path.read_text().splitlines()]
+    assert len(rows) == 1001 and {r[7] for r in rows} == {"Guest_1", "ann"} and rows[0][1] == "stand_up"
+    assert rows[1][3:5] == ["2.000", "1.500"] and not readable_by_others(path)
+    assert not path.with_name(path.name + ".partial").exists()
+
+
+def test_the_summary_is_kept_as_totals_under_final_labels():
+    turns = [TurnEvent(0.0, 2.0, "Guest 2", 2.0), TurnEvent(2.0, 3.0, "ann", 3.0), TurnEvent(3.0, 4.0, "Guest 1", 4.0)]
+    tally = TurnTally()
+    for turn in turns:
+        tally.add(turn)
+    final = tally.renamed(lambda label: "Guest 1" if label == "Guest 2" else label)
+    assert summary(final) == [("Guest 1", 3.0, 2, 0.75), ("ann", 1.0, 1, 0.25)]
+    assert summary(turns) == summary(tally)  # a list of turns still works
+
+
+def test_the_guests_file_is_owner_only(tmp_path):
+    clusterer = GuestClusterer(threshold=0.5, merge_threshold=0.9, max_guests=3)
+    clusterer.assign(np.ones(8), 0.5)
+    clusterer.save(tmp_path / "guests.json", "fp")
+    assert not readable_by_others(tmp_path / "guests.json")
+    assert json.loads((tmp_path / "guests.json").read_text())["guests"][0]["label"] == "Guest 1"
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 Every write is one transaction, and the database runs in WAL mode, so a crash mid-write leaves
 the previous contents readable and the daemon can read while ``enroll`` writes. Each
 voiceprint carries the fingerprint of the model that made it: scoring it with another model
-would compare vectors from different spaces, so that is refused, never done silently.
+would compare vectors from different spaces, so such voices are left out of the roster and named
+(``foreign``) for the user to re-enroll, never scored silently.
 
 Voiceprints are biometric personal data: the database (and SQLite's -wal and -shm files, which
 take the database file's permissions) and every export are owner-only, whatever the umask.

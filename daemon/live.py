@@ -23,6 +23,7 @@ from .demo import demo_gallery, demo_source
 from .devices import resolve
 from .door import DoorSink
 from .events import StatusEvent
+from .identify import skipped_voices
 from .meeting import Meeting, summary
 from .pipeline import Pipeline, Stream
 from .roster import Roster
@@ -148,6 +149,9 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         sources = [build_source(spec, args, cfg, info.sample_rate) for spec in specs]
         gallery = open_gallery(cfg) or cfg.gallery_path()  # a path: picked up once enrollment creates it
     opened = gallery if isinstance(gallery, Gallery) else None
+    skipped = skipped_voices(opened, info.fingerprint)
+    if skipped:
+        console.print(f"[yellow]{skipped}[/]")
     roster = Roster(info, gallery, cfg.decision.trained_speakers)
     streams, points = [], []
     for spec, source in zip(specs, sources):

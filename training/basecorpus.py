@@ -47,6 +47,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from spkrec.models.errors import DataError
+
 Log = Callable[[str], None]
 
 SAMPLE_RATE = 16000
@@ -133,6 +135,8 @@ def _apt_extract(package: str, cache_dir: Path, log: Log) -> Path:
     root = cache_dir / "debs" / package
     if (root / "usr").is_dir():
         return root
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise DataError(f"the base corpus needs Debian's apt-get and dpkg-deb to fetch {package}")
     debs = cache_dir / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{package}_*.deb"))
@@ -255,17 +259,20 @@ def _pyannote_tests(cache_dir: Path, log: Log) -> Path | None:
     for found in sorted(dl.glob("*/tests/data/debug.train.rttm")):
         return found.parent
     dl.mkdir(parents=True, exist_ok=True)
+    said = ""
     for version in PYANNOTE_VERSIONS:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        "-d", str(dl), f"pyannote.audio{version}"], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                               "-d", str(dl), f"pyannote.audio{version}"], check=False,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        said = said or (done.stderr.strip().splitlines() or [""])[-1]  # e.g. "No module named pip"
         for sdist in sorted(dl.glob("pyannote*audio-*.tar.gz")):
             with tarfile.open(sdist) as tar:
                 members = [m for m in tar.getmembers() if "/tests/data/" in m.name]
                 tar.extractall(dl, members=members, filter="data")
             for found in sorted(dl.glob("*/tests/data/debug.train.rttm")):
                 return found.parent
-    log("warning: no pyannote.audio sdist with tests/data found; AMI skipped")
+    log(f"warning: no pyannote.audio sdist with tests/data found ({said or 'pip found none'}; {sys.executable} "
+        "needs pip and the package index); AMI skipped")
     return None
 
 

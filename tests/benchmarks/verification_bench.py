@@ -28,7 +28,9 @@ Measured, for each system:
    replayed through the daemon's own pipeline (file source, VAD, windower, decider, door
    policy): FRR = attempts of an enrolled voice that did not open for that voice; FAR =
    stranger attempts that opened the door; wrong-name grants = attempts that opened for
-   someone else's name.
+   someone else's name; then again at the door threshold that ``spkrec calibrate`` derives by
+   replaying each calibration impostor (all of a voice's recordings as one long visit) through
+   the door rule, target: 1 % of visits.
 
 Resemblyzer scores the same 2-s voiced windows (its own partial-utterance averaging inside a
 window) after its own volume normalisation. It is not a dependency of spkrec; install it into
@@ -70,7 +72,7 @@ from spkrec.daemon.state import LiveState  # noqa: E402
 from spkrec.daemon.vad import Vad  # noqa: E402
 from spkrec.daemon.windowing import Windower  # noqa: E402
 from spkrec.models.audio import load_audio  # noqa: E402
-from spkrec.models.calibration import calibrate_open_set, rates_at, verification  # noqa: E402
+from spkrec.models.calibration import DoorRule, calibrate_open_set, calibrate_visits, rates_at, verification  # noqa: E402
 from spkrec.models.config import Config  # noqa: E402
 from spkrec.models.engine import Engine  # noqa: E402
 from spkrec.models.scoring import as_norm, cosine_scores, mean_embedding, normalize  # noqa: E402
@@ -173,6 +175,26 @@ def door_attempt(engine: Any, path: Path, names: tuple[str, ...], prints: np.nda
     return doors
 
 
+def door_trials(engine: Any, tests: list, stranger_files: list[Path], names: tuple[str, ...], prints: np.ndarray,
+                threshold: float, cfg: Config, window_s: float, hop_s: float, rate: int) -> dict[str, Any]:
+    """Every test recording and every stranger's as one visit at the door, at ``threshold``."""
+    misses = wrong = opened_for_strangers = 0
+    visits = []  # each attempt's door decisions, for reading the rates
+    for speaker, path in [*tests, *(("stranger", p) for p in stranger_files)]:
+        doors = door_attempt(engine, path, names, prints, threshold, cfg, window_s, hop_s, rate)
+        granted = [d.label for d in doors if d.granted]
+        if speaker == "stranger":
+            opened_for_strangers += bool(granted)
+        else:
+            misses += speaker not in granted
+            wrong += any(label != speaker for label in granted)
+        visits.append({"speaker": speaker, "file": path.name, "granted": granted,
+                       "denied": [f"{d.label}: {d.reason} ({d.score:.3f})" for d in doors if not d.granted]})
+    return {"threshold": round(threshold, 4), "attempts": len(tests), "frr": round(misses / len(tests), 4),
+            "wrong_name_grants": wrong, "stranger_attempts": len(stranger_files),
+            "far": round(opened_for_strangers / len(stranger_files), 4), "visits": visits}
+
+
 def evaluate(engine: Any, rate: int, window_s: float, hop_s: float,
              held_out: list[str] | None = None) -> dict[str, Any]:
     cfg = Config()
@@ -212,42 +234,40 @@ def evaluate(engine: Any, rate: int, window_s: float, hop_s: float,
     cal = calibrate_open_set(enrolled, calibration, cfg.calibrate.target_far, cfg.stream.smoothing,
                              cfg.calibrate.holdout, guard)
 
-    # 3. the door at default settings, with that threshold, everyone enrolled authorised
+    # 3. the door at default settings, everyone enrolled authorised: at the per-window threshold, and
+    # at the door threshold `spkrec calibrate` now derives from the impostors replayed as visits
     cfg.door.authorized = list(names)
-    misses = wrong = opened_for_strangers = 0
-    visits = []  # each attempt's door decisions, for reading the rates above
-    for speaker, path in [*tests, *(("stranger", p) for p in stranger_files)]:
-        doors = door_attempt(engine, path, names, prints, cal.threshold, cfg, window_s, hop_s, rate)
-        granted = [d.label for d in doors if d.granted]
-        if speaker == "stranger":
-            opened_for_strangers += bool(granted)
-        else:
-            misses += speaker not in granted
-            wrong += any(label != speaker for label in granted)
-        visits.append({"speaker": speaker, "file": path.name, "granted": granted,
-                       "denied": [f"{d.label}: {d.reason} ({d.score:.3f})" for d in doors if not d.granted]})
+    rule = DoorRule(cfg.door.wins, cfg.door.of_last, cfg.stream.smoothing, cfg.decision.margin)
+    visit_cal = calibrate_visits(enrolled, calibration, set(names), cal.threshold, cfg.calibrate.target_visit_far,
+                                 rule, cfg.calibrate.holdout, guard)
+    doors_at = {"window": door_trials(engine, tests, stranger_files, names, prints, cal.threshold, cfg, window_s,
+                                      hop_s, rate)}
+    doors_at["visit"] = door_trials(engine, tests, stranger_files, names, prints, visit_cal.threshold, cfg, window_s,
+                                    hop_s, rate) if visit_cal.threshold != cal.threshold else doors_at["window"]
     # window-level rates at the calibrated threshold on the door trials' own utterances, for reference
     frr, far = rates_at(raw[np.arange(len(tests)), truth[:len(tests)]], raw[len(tests):].ravel(), cal.threshold)
     return {
         "utterance": utterance,
         "calibration": {"threshold": round(cal.threshold, 4), "eer": round(cal.eer, 4), "far": round(cal.far, 4),
                         "frr": round(cal.frr, 4), "targets": cal.n_target, "nontargets": cal.n_nontarget},
+        "visit_calibration": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in visit_cal.__dict__.items()},
         "utterance_rates_at_threshold": {"frr": round(frr, 4), "far": round(far, 4)},
-        "door": {"attempts": len(tests), "frr": round(misses / len(tests), 4),
-                 "wrong_name_grants": wrong, "stranger_attempts": len(stranger_files),
-                 "far": round(opened_for_strangers / len(stranger_files), 4), "visits": visits},
+        "door": doors_at["window"],
+        "door_at_visit_threshold": doors_at["visit"],
         "seconds": round(time.perf_counter() - started, 1),
     }
 
 
 def table(results: dict[str, Any]) -> str:
     rows = ["| system | EER (utt.) | minDCF | EER AS-norm | minDCF AS-norm | calibrated thr. | door FRR | "
-            "door FAR (strangers) | wrong-name grants |", "|---|---|---|---|---|---|---|---|---|"]
+            "door FAR (strangers) | wrong-name grants | door thr. (visits) | door FRR | door FAR |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["systems"].items():
-        u, d = r["utterance"], r["door"]
+        u, d, v = r["utterance"], r["door"], r["door_at_visit_threshold"]
         rows.append(f"| {name} | {u['raw']['eer']:.1%} | {u['raw']['min_dcf']:.3f} | {u['as_norm']['eer']:.1%} | "
                     f"{u['as_norm']['min_dcf']:.3f} | {r['calibration']['threshold']:.3f} | {d['frr']:.1%} "
-                    f"({d['attempts']}) | {d['far']:.1%} ({d['stranger_attempts']}) | {d['wrong_name_grants']} |")
+                    f"({d['attempts']}) | {d['far']:.1%} ({d['stranger_attempts']}) | {d['wrong_name_grants']} | "
+                    f"{v['threshold']:.3f} | {v['frr']:.1%} | {v['far']:.1%} |")
     return "\n".join(rows)
 
 

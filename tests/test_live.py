@@ -225,7 +225,7 @@ def test_door_opens_for_the_authorised_voice_only(live_setup, tmp_path):
     opened = tmp_path / "opened.txt"
     hook = f"import os; open({str(opened)!r}, 'a').write(os.environ['SPKREC_LABEL'] + chr(10))"
     config = tmp_path / "config.toml"
-    config.write_text(TEST_CONFIG + f"[door]\nauthorized = [\"1688\"]\ncommand = [{json.dumps(sys.executable)}, "
+    config.write_text(TEST_CONFIG + f"[door]\nauthorized = [\"1688\", \"zoe\"]\ncommand = [{json.dumps(sys.executable)}, "
                       f"\"-c\", {json.dumps(hook)}]\naudit_log = \"{tmp_path / 'audit.jsonl'}\"\ncooldown_s = 60.0\n")
     events = tmp_path / "events.jsonl"
     spkrec("live", "--model", live_setup["model"], "--config", str(config), "--input", str(live_setup["wav"]),
@@ -240,6 +240,39 @@ def test_door_opens_for_the_authorised_voice_only(live_setup, tmp_path):
     done = [a for a in audit if a["phase"] == "done"]
     assert len(done) == len(doors) and next(a for a in done if a["granted"])["action"]["command"]["ok"] is True
     events = conversation.read_events(events)
+    warnings = [e["message"] for e in events if e["event"] == "status" and e["state"] == "warning"]
+    assert any("zoe neither trained nor enrolled" in w for w in warnings), warnings
+    assert any("not measured on this gallery" in w for w in warnings), warnings  # no spkrec calibrate here
     for door in doors:  # each decision comes after the speaker event that tipped it, never before
         cause = next(i for i, e in enumerate(events) if e["event"] == "speaker" and e["end"] == door["end"])
         assert events.index(door) > cause
+
+
+def test_cuda_asked_for_by_name_never_quietly_runs_on_the_cpu(monkeypatch, tmp_path):
+    import io
+
+    from rich.console import Console
+    from spkrec.daemon import default_model
+    from spkrec.models.config import Config
+    from spkrec.models.errors import EngineError
+
+    class FellBack:  # what Engine reports when onnxruntime-gpu is there but cannot load CUDA
+        provider, fell_back = "CPUExecutionProvider", True
+
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+    monkeypatch.setattr(default_model, "Engine", FellBack)
+    cfg = Config()
+    cfg.model.provider = "cuda"
+    with pytest.raises(EngineError, match="--provider auto or cpu"):
+        default_model.open_engine(cfg, Console(file=io.StringIO()))
+    cfg.model.provider = "auto"  # auto may fall back, and says so
+    console = Console(file=io.StringIO())
+    assert isinstance(default_model.open_engine(cfg, console), FellBack)
+    assert "CUDA was wanted" in console.file.getvalue()
+    # and for real: this machine's onnxruntime has no CUDA provider at all
+    done = spkrec("live", "--provider", "cuda", "--input", str(tmp_path / "x.wav"), "--no-ui")
+    if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
+        assert done.returncode == 2 and "provider 'cuda' is not available" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1

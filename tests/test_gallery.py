@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 
@@ -133,3 +134,30 @@ def test_calibration_is_stored_per_model_and_survives_reopening(tmp_path):
     reopened = Gallery(tmp_path / "g.sqlite")
     assert reopened.calibration("fp1")["threshold"] == 0.61
     assert reopened.calibration("fp2") is None  # another model's threshold is never applied
+
+
+def test_live_roster_picks_up_a_new_gallery_and_reports_a_broken_one(base_model, tmp_path):
+    """The daemon starts before anyone is enrolled: the first enrollment creates the gallery and
+    is recognised without a restart; a gallery that breaks later is reported once, not swallowed,
+    and the voices read before keep being recognised."""
+    from spkrec.daemon.roster import Roster
+    from spkrec.models.engine import Engine
+
+    info = Engine(base_model, "cpu").info
+    path = tmp_path / "later" / "gallery.sqlite"
+    reported = []
+    roster = Roster(info, path, trained_speakers=False, report=reported.append)
+    assert roster()[0] == ()
+    voice = np.random.default_rng(0).normal(size=(8, info.embedding_dim)).astype(np.float32)
+    Gallery(path).add("alice", info.fingerprint, voice, 12.0)  # `spkrec enroll`, in another process
+    assert roster()[0] == ("alice",)
+    assert [e.state for e in reported] == ["gallery"]
+    other = sqlite3.connect(str(path))  # another process damages it: no usable gallery any more
+    other.execute("PRAGMA foreign_keys=OFF")
+    other.execute("DROP TABLE speakers")
+    other.commit()
+    other.close()
+    for _ in range(3):
+        assert roster()[0] == ("alice",)
+    errors = [e for e in reported if e.state == "error"]
+    assert len(errors) == 1 and "gallery" in errors[0].message

@@ -186,10 +186,11 @@ def test_virtual_microphone_gives_the_same_turns(meeting, site, mic):
             if e["event"] == "turn"]
     offline = [(e["start"], e["end"], e["label"]) for e in conversation.read_events(meeting["events"])
                if e["event"] == "turn"]
-    # The same turns: scored as a diarization of the offline turns (optimal label mapping, so guest
-    # numbering may differ), with a collar of one hop for the different window alignment. The weak
-    # test model flips on near-tied windows when the alignment shifts (about 0.26 here); a pipeline
+    # The offline turns, scored as a diarization of the live ones (optimal label mapping, so guest
+    # numbering may differ), with a collar of one hop. Through a microphone the window grid sits a
+    # fraction of a hop off the file's, so near-tied windows and the online guest clustering tip
+    # differently: 0.27 measured with the base model. The README states this bound; a pipeline
     # fault (lost audio, broken turn logic) gives far more.
     disagreement = DiarizationErrorRate(collar=0.5)(_annotation(offline), _annotation(live),
                                                     uem=Segment(0, meeting["turns"][-1][1]))
-    assert disagreement < 0.4, (disagreement, offline, live)
+    assert disagreement < 0.35, (disagreement, offline, live)

@@ -211,7 +211,7 @@ def door_warnings(door: DoorConfig, roster: Roster, gallery: Gallery | None, fin
     if unknown:
         warnings.append(f"authorised {', '.join(unknown)} neither trained nor enrolled: the door cannot grant them")
     if not point.calibrated:
-        warnings.append(f"door threshold {point.threshold:.3f} is the model's training-time {point.source}, not "
+        warnings.append(f"door threshold {point.threshold:.3f} comes from the model's training ({point.source}), not "
                         "measured on this gallery: run spkrec calibrate --impostors ... (README, The door)")
     return warnings
 

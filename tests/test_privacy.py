@@ -191,11 +191,17 @@ def test_a_gallery_folder_that_cannot_be_made_is_one_line(tmp_path, where):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_an_events_file_that_cannot_be_written_stops_the_log_not_the_daemon():
-    done = spkrec("label", str(speaker_files(VOICE)[0]), "--events", "/dev/full")
+def test_an_events_file_that_cannot_be_written_stops_the_log_not_the_daemon(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    config = tmp_path / "config.toml"
+    config.write_text(f"[door]\nauthorized = [\"nobody-enrolled\"]\naudit_log = \"{audit}\"\n")
+    longest = max(speaker_files(VOICE), key=lambda path: path.stat().st_size)  # enough windows for a decision
+    done = spkrec("label", str(longest), "--events", "/dev/full", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert "meeting summary" in done.stderr  # recognition went on to the end
     assert done.stderr.count("events are no longer written") == 1 and "Traceback" not in done.stderr
+    decisions = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert decisions and decisions[0]["granted"] is False  # and the door went on deciding, on record
 
 
 def test_the_events_sink_reports_a_failed_write_once(capsys):

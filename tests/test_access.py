@@ -101,6 +101,39 @@ def test_door_through_the_virtual_microphone(site, mic, tmp_path):
     assert len(door_events) == len(records)  # every decision is both an event and an audit line
 
 
+def test_sigterm_with_a_hanging_lock_exits_within_the_hook_timeout(site, tmp_path):
+    """The lock's program hangs; the operator stops the service: it must exit within the hook
+    timeout, with the grant's decision and its outcome (killed) on record."""
+    wav = tmp_path / "visit.wav"
+    conversation.assemble([(path, AUTHORISED) for path in _files(AUTHORISED)[ENROLL_FILES:][:2]], wav, gap_s=1.0)
+    audit, events, started = tmp_path / "audit.jsonl", tmp_path / "events.jsonl", tmp_path / "started"
+    hook = f"import time; open({str(started)!r}, 'w').close(); time.sleep(120)"
+    config = tmp_path / "config.toml"
+    config.write_text(site["config"].read_text() + f"[door]\nauthorized = [\"{AUTHORISED}\"]\n"
+                      f"command = [{json.dumps(sys.executable)}, \"-c\", {json.dumps(hook)}]\n"
+                      f"audit_log = \"{audit}\"\ntimeout_s = 3.0\n")
+    process = subprocess.Popen([str(Path(sys.executable).with_name("spkrec-live")), "--input", str(wav), "--no-ui",
+                                "--events", str(events), "--model", site["model"], "--config", str(config)],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert started.exists(), "the door never opened for the authorised voice"
+        stopping = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        took = time.monotonic() - stopping
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert took < 3.0 + 2.0, took  # the hook timeout, plus killing it and closing the sinks
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    grant = next(r for r in records if r["granted"] and r["phase"] == "decided")
+    outcome = next(r for r in records if r["id"] == grant["id"] and r["phase"] == "done")
+    assert outcome["action"]["command"]["ok"] is False  # killed, and recorded as such
+
+
 def test_killing_enroll_leaves_the_gallery_readable(site, tmp_path):
     """SIGKILL `spkrec enroll` at many points of its run: each time the gallery holds either its
     previous speakers or those plus the complete new one, never a half-written voice."""

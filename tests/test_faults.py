@@ -346,7 +346,11 @@ def test_losing_one_microphone_does_not_interrupt_the_other(base_model, mic, tmp
     gap = next(e for e in b_status if e["state"] == "gap")
     back = [e["end"] for e in found if e["event"] == "speaker" and e["stream"] == "b" and e["start"] >= gap["end"]]
     assert len(back) >= 4, back  # it came back, and its stream time counts the time it was gone:
-    assert abs(b_status[-1]["stream_s"] - a_stopped(found)["stream_s"]) < 0.5, b_status[-1]
+    # b's clock, with the gap counted, ends where a's does (-0.16 s on an idle machine, for 4.1 s
+    # lost); uncounted, it would trail by the whole outage. Under a loaded CI run the two streams'
+    # backlogs at SIGTERM differed by up to 1.3 s more, so the bound is half the outage.
+    behind = a_stopped(found)["stream_s"] - b_status[-1]["stream_s"]
+    assert gap["lost_s"] >= 2.0 and abs(behind) < 0.5 * gap["lost_s"], (behind, gap)
 
 
 def a_stopped(found: list[dict]) -> dict:

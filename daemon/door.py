@@ -140,7 +140,6 @@ class DoorActions:
         self.closing = threading.Event()  # no more decisions: finish the queue, within the hook timeout
         self.abandon = threading.Event()  # that time is up: what is left is recorded, not actuated
         self.child: subprocess.Popen | None = None  # the program running now, killed at shutdown
-        self.last_result: dict = {}
         self.thread = threading.Thread(target=self._work, name="door-actions", daemon=True)
         self.thread.start()
 
@@ -176,7 +175,6 @@ class DoorActions:
                 self._fail(decision, "audit log cannot be written: door not actuated")
             return
         result = self._act(decision) if decision.granted else {}
-        self.last_result = result
         self._record(decision, "done", result)
         if decision.granted and not result.get("ok", False):
             self.report(StatusEvent("door-action", f"door for {decision.label}: {result.get('error', 'failed')}",
@@ -223,7 +221,6 @@ class DoorActions:
             return False
 
     def _fail(self, decision: DoorEvent, reason: str) -> None:
-        self.last_result = {"ok": False, "actuated": False, "error": reason}
         self.report(StatusEvent("door-action", f"door for {decision.label}: {reason}", {"id": decision.id},
                                 stream=decision.stream, demo=decision.demo))
 
@@ -272,21 +269,17 @@ class DoorSink:
     """The door as a sink: decisions go to the event stream (after the speaker event that caused
     them), then to the worker, which audits and acts."""
 
-    def __init__(self, cfg: DoorConfig, emit: Callable[[Event], None], report: Callable[[Event], None] | None = None) -> None:
+    def __init__(self, cfg: DoorConfig, emit: Callable[[Event], None]) -> None:
+        """``emit`` must be callable from the worker thread too (a live Stream's is: it posts
+        events from other threads to the pipeline thread)."""
         self.policy = DoorPolicy(cfg)
         self.emit = emit
-        self.actions = DoorActions(cfg, AuditLog(cfg.audit_log) if cfg.audit_log else None, report or emit)
-        self.last: DoorEvent | None = None
-
-    @property
-    def last_result(self) -> dict:
-        return self.actions.last_result
+        self.actions = DoorActions(cfg, AuditLog(cfg.audit_log) if cfg.audit_log else None, emit)
 
     def handle(self, event: Event) -> None:
         decision = self.policy.observe(event)
         if decision is None:
             return
-        self.last = decision
         self.emit(decision)
         self.actions.submit(decision)
 

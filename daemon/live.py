@@ -80,7 +80,7 @@ def input_specs(args: argparse.Namespace, cfg: Config) -> list[InputSpec]:
     return unique
 
 
-def wants_demo(args: argparse.Namespace, cfg: Config, specs: list[InputSpec], console: Console) -> bool:
+def wants_demo(args: argparse.Namespace, cfg: Config, console: Console) -> bool:
     """The demo only when asked (--demo), or for a person at a terminal who configured no input
     and has no microphone. A service must never hear made-up voices: without a microphone it
     stops with an error (and systemd restarts it until the device is there)."""
@@ -140,7 +140,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     engine.warm_up_batches(len(specs))  # a new batch shape's first call is slow (README, GPU)
     window_s = cfg.stream.window_s or info.window_s
     hop_s = cfg.stream.hop_s or info.hop_s
-    demo = wants_demo(args, cfg, specs, console)
+    demo = wants_demo(args, cfg, console)
     if demo:  # the demo enrolls its voices into a gallery of its own; the user's is never touched
         specs = [InputSpec("demo")]
         sources = [demo_source(cfg, info.sample_rate)]

@@ -59,14 +59,5 @@ class Decider:
         self.speaking = True
         return SpeakerEvent(window.start, window.end, decision.label, decision.score, decision.candidates,
                             window.voiced_ratio, inference_ms, latency_ms, window.voiced_span(),
-                            voiced_spans=voiced_spans(window))
+                            voiced_spans=window.voiced_spans())
 
-
-def voiced_spans(window: Window) -> tuple[tuple[float, float], ...]:
-    """The window's voiced stretches in stream seconds: the door counts voiced audio from these,
-    once per instant, although consecutive windows overlap."""
-    mask = window.voiced_mask.astype(np.int8)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask, [0]])))
-    seconds = (window.end - window.start) / max(mask.size, 1)
-    return tuple((window.start + float(a) * seconds, window.start + float(b) * seconds)
-                 for a, b in zip(edges[::2], edges[1::2]))

@@ -37,6 +37,14 @@ class Window:
         seconds = (self.end - self.start) / self.voiced_mask.size
         return self.start + voiced[0] * seconds, self.start + (voiced[-1] + 1) * seconds
 
+    def voiced_spans(self) -> tuple[tuple[float, float], ...]:
+        """Every voiced stretch in stream seconds: the door counts voiced audio from these, once
+        per instant, although consecutive windows overlap."""
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], self.voiced_mask.astype(np.int8), [0]])))
+        seconds = (self.end - self.start) / max(self.voiced_mask.size, 1)
+        return tuple((self.start + float(a) * seconds, self.start + float(b) * seconds)
+                     for a, b in zip(edges[::2], edges[1::2]))
+
     def voiced_audio(self) -> np.ndarray:
         """Only the voiced samples, repeated to the window length: pauses inside a window
         would otherwise dilute the voiceprint with silence."""

@@ -204,7 +204,7 @@ def cmd_live(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_label(args: argparse.Namespace, cfg: Config) -> int:
     from .live import run_live
 
-    args.meeting, args.fast, args.no_ui, args.progress = True, True, True, True
+    args.meeting, args.offline, args.fast, args.no_ui, args.progress = True, True, True, True, True
     args.inputs = [args.input]
     return run_live(args, cfg)
 

@@ -80,19 +80,41 @@ class StatusEvent:
 
 @dataclass(frozen=True)
 class TurnEvent:
-    """A closed speaker turn in meeting mode: consecutive windows of one voice, ended by silence
-    or by a confirmed change of speaker. ``confirmed`` is the stream time at which it closed."""
+    """A closed speaker turn in meeting mode: one voice from where it started to where it
+    stopped (a longer pause, or another voice taking over). ``confirmed`` is the stream time at
+    which it closed; ``overlaps`` are stretches inside it where a second voice was heard too."""
 
     start: float
     end: float
     label: str
     confirmed: float
+    overlaps: tuple[tuple[float, float, str], ...] = ()  # (start, end, the other voice)
     stream: str = field(default="", kw_only=True)  # which input, when several are served
     demo: bool = field(default=False, kw_only=True)  # made up by the demo stream, not heard
 
     def to_dict(self) -> dict:
         data = {"event": "turn", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
-                "confirmed": round(self.confirmed, 3)}
+                "confirmed": round(self.confirmed, 3),
+                "overlaps": [[round(a, 3), round(b, 3), who] for a, b, who in self.overlaps]}
+        return tagged(self, data)
+
+
+@dataclass(frozen=True)
+class RelabelEvent:
+    """Live meeting clustering changed its mind: every turn labelled ``was`` between ``start``
+    and ``end`` is ``label`` from now on (two guests found to be one voice, or a guest matched
+    to an enrolled name once enough of the voice was heard)."""
+
+    start: float
+    end: float
+    label: str
+    was: str
+    stream: str = field(default="", kw_only=True)  # which input, when several are served
+    demo: bool = field(default=False, kw_only=True)  # made up by the demo stream, not heard
+
+    def to_dict(self) -> dict:
+        data = {"event": "relabel", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
+                "was": self.was}
         return tagged(self, data)
 
 
@@ -120,4 +142,4 @@ class DoorEvent:
         return tagged(self, data)
 
 
-Event = SpeakerEvent | SilenceEvent | StatusEvent | TurnEvent | DoorEvent
+Event = SpeakerEvent | SilenceEvent | StatusEvent | TurnEvent | RelabelEvent | DoorEvent

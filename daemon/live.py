@@ -12,10 +12,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from spkrec.models.artifact import ModelInfo
+from spkrec.models.clustering import Scales
 from spkrec.models.config import Config, DoorConfig
 from spkrec.models.errors import DeviceError, SpkrecError
 from spkrec.models.gallery import Gallery
-from spkrec.models.thresholds import OperatingPoint, decision_point, guest_threshold
+from spkrec.models.thresholds import OperatingPoint, decision_point
 
 from .decisions import Decider, DeciderSettings
 from .default_model import open_engine
@@ -24,7 +26,7 @@ from .devices import resolve
 from .door import DoorSink
 from .events import StatusEvent
 from .identify import skipped_voices
-from .meeting import Meeting, summary
+from .meeting import LiveMeeting, Meeting, Namer, OfflineMeeting, summary
 from .pipeline import Pipeline, Stream
 from .roster import Roster
 from .sinks import JsonlSink, LogSink, ProgressSink
@@ -165,13 +167,13 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
                               Windower(info.sample_rate, window_s, hop_s), decider, state, name=spec.name, demo=demo))
         points.append(point)
     roster.report = streams[0].emit  # from the pipeline thread, which reads the roster
-    meeting = _meeting(args, cfg, guest_threshold(cfg, info, opened), hop_s, info.fingerprint, streams[0].source.name)
+    meeting = _meeting(args, cfg, info, Namer(roster, points[0].threshold), window_s, hop_s, streams[0].source.name)
     duration = sum(getattr(s.source, "duration_s", 0.0) for s in streams)
     shared = _shared_sinks(args, cfg, [s.state for s in streams], points[0].threshold, duration, console)
     for stream, point in zip(streams, points):
         if meeting is not None:
-            stream.decider = meeting.decider(stream.decider)
-            stream.sinks[:0] = meeting.sinks(stream.emit)  # turns close before the UI and event log see "stopped"
+            stream.decider = meeting.decider(stream.decider, stream.emit)
+            stream.sinks[:0] = meeting.sinks()  # turns close before the UI and event log see "stopped"
         door = cfg.door_for(stream.name)
         if door.authorized:
             stream.sinks.append(DoorSink(door, stream.emit))  # its worker's reports reach the pipeline thread
@@ -216,8 +218,9 @@ def door_warnings(door: DoorConfig, roster: Roster, gallery: Gallery | None, fin
     return warnings
 
 
-def _meeting(args: argparse.Namespace, cfg: Config, threshold: float, hop_s: float, fingerprint: str,
+def _meeting(args: argparse.Namespace, cfg: Config, info: ModelInfo, namer: Namer, window_s: float, hop_s: float,
              source_name: str) -> Meeting | None:
+    """``spkrec label`` clusters the whole recording when it ends; ``--meeting`` live, as it goes."""
     if not getattr(args, "meeting", False):
         return None
     rttm = Path(args.rttm) if getattr(args, "rttm", None) else None
@@ -225,7 +228,11 @@ def _meeting(args: argparse.Namespace, cfg: Config, threshold: float, hop_s: flo
         rttm.with_suffix(".guests.json") if rttm is not None else None)
     files = [f for f in (getattr(args, "inputs", None) or []) if f != "-"]
     file_id = Path(_split_name(files[0])[1]).stem if files else Path(source_name).stem or "live"
-    return Meeting(cfg.meeting, threshold, hop_s, fingerprint, rttm, guests, file_id)
+    scales = Scales.of(info.thresholds)
+    common = (cfg.meeting, scales, namer, window_s, hop_s, info.fingerprint, rttm, guests, file_id)
+    if getattr(args, "offline", False):
+        return OfflineMeeting(*common)
+    return LiveMeeting(*common)
 
 
 def print_meeting_summary(meeting: Meeting, state: LiveState, console: Console) -> None:

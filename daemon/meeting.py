@@ -1,14 +1,19 @@
-"""Meeting mode: guests for unknown voices, windows merged into turns, turns into RTTM.
+"""Meeting mode: who spoke when, enrolled voices by name and the others as consistent guests.
 
-Three stages, each in the pipeline's one direction:
-- ``GuestDecider`` wraps the decider: a window labelled "unknown" is given a guest label
-  by online clustering, so the same stranger keeps one name for the whole meeting;
-- ``TurnSink`` merges consecutive windows of one label into turns and emits a ``TurnEvent``
-  when a turn closes (silence, or a change of speaker seen in ``change_windows`` windows);
-- ``RttmSink`` writes each closed turn as a NIST RTTM line, flushed as it closes.
+Every voiced window's embedding is kept (offline) or clustered as it comes (live):
+- ``spkrec label`` clusters the whole recording at once when it ends (``models.clustering``:
+  the number of speakers found by thresholds the model carries, not by hand), then labels 0.1-s
+  frames by the windows covering them (``models.segmentation``), so turns begin and end where
+  the voice changed, not on a window's edge;
+- ``--meeting`` live clusters incrementally (``incremental``) and labels frames once every
+  window covering them has arrived (one window length behind the audio); when the clustering
+  changes its mind (two guests are one voice, a guest turns out to be an enrolled speaker) a
+  ``relabel`` event renames the turns already sent.
+Clusters are named after clustering: a speaker whose centroid matches an enrolled voiceprint at
+the decision threshold takes that name; the rest are "Guest 1", "Guest 2", ...
 
-Nothing grows with the meeting's length: closed turns are written out as they close and the
-summary is kept as per-speaker totals, so a day-long meeting costs what a short one does.
+Turns go out as ``TurnEvent``s and NIST RTTM lines as they close; the summary is kept as
+per-speaker totals, so a day-long meeting costs what a short one does.
 """
 
 from __future__ import annotations
@@ -22,38 +27,59 @@ from typing import Callable, Iterable, TextIO
 
 import numpy as np
 
+from spkrec.models.clustering import SEGMENT_WINDOWS, Scales, centroids_of, cluster
 from spkrec.models.config import MeetingConfig
 from spkrec.models.private import open_private
-from spkrec.models.scoring import UNKNOWN
+from spkrec.models.scoring import normalize
+from spkrec.models.segmentation import FRAME_S, Frame, Turn, TurnBuilder, WindowRecord, frames
 
-from .decisions import Decider
-from .events import Event, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
-from .guests import GuestClusterer
+from .decisions import Decider, Roster
+from .events import Event, RelabelEvent, SilenceEvent, SpeakerEvent, TurnEvent
+from .guests import GUEST_PREFIX, save_guests
+from .incremental import KEEP_WINDOWS, IncrementalClusterer
 from .windowing import Window
 
 
-class GuestDecider:
-    """The decider of meeting mode: known voices as before, unknown ones as consistent guests."""
+class Namer:
+    """Enrolled (or trained) names for the speakers clustering found."""
 
-    def __init__(self, decider: Decider, guests: GuestClusterer, hop_s: float, smoothing: int) -> None:
-        self.decider, self.guests, self.hop_s = decider, guests, hop_s
-        self.recent: deque[np.ndarray] = deque(maxlen=smoothing)  # unknown windows of the current stretch
+    def __init__(self, roster: Roster, threshold: float) -> None:
+        self.roster, self.threshold = roster, threshold
+
+    def name(self, centroid: np.ndarray) -> str | None:
+        """The voice whose voiceprint the centroid matches best, if at the decision threshold: a
+        centroid of many windows is a cleaner sample of a voice than the windows the threshold
+        was calibrated on, so this errs towards a guest, never towards a wrong name."""
+        labels, prototypes = self.roster()
+        if not len(labels):
+            return None
+        scores = normalize(prototypes) @ normalize(centroid)
+        best = int(np.argmax(scores))
+        return labels[best] if scores[best] >= self.threshold else None
+
+
+class MeetingDecider:
+    """The decider of meeting mode: every voiced window also goes to the meeting; live, the
+    window event carries the speaker the incremental clustering gave it."""
+
+    def __init__(self, decider: Decider, meeting: "Meeting") -> None:
+        self.decider, self.meeting = decider, meeting
 
     def needs_embedding(self, window: Window) -> bool:
         return self.decider.needs_embedding(window)
 
     def silence(self, window: Window) -> SilenceEvent | None:
-        self.recent.clear()
+        self.meeting.advance(window.end)
         return self.decider.silence(window)
 
     def decide(self, window: Window, embedding: np.ndarray, inference_ms: float, latency_ms: float) -> SpeakerEvent:
         event = self.decider.decide(window, embedding, inference_ms, latency_ms)
-        if event.label != UNKNOWN:
-            self.recent.clear()
+        record = WindowRecord(window.start, window.end, window.voiced_spans(), normalize(embedding))
+        found = self.meeting.window(record, window.voiced_ratio * self.meeting.hop_s)
+        self.meeting.advance(window.end)
+        if found is None:
             return event
-        # Matched on the mean of the last few unknown windows, as known voices are on smoothed scores.
-        self.recent.append(embedding)
-        label, score = self.guests.assign(embedding, window.voiced_ratio * self.hop_s, np.mean(self.recent, axis=0))
+        label, score = found
         return dataclasses.replace(event, label=label, score=score,
                                    candidates=((label, score),) + event.candidates[:4])
 
@@ -76,62 +102,6 @@ class TurnTally:
             out.talk[rename(label)] += self.talk[label]
             out.count[rename(label)] += self.count[label]
         return out
-
-
-class TurnSink:
-    """Windows -> turns. A turn opens where speech starts in its first window and closes where
-    speech stops in its last one (silence), or at the change point (a new speaker confirmed)."""
-
-    def __init__(self, change_windows: int, min_turn_s: float, emit: Callable[[Event], None],
-                 rename: Callable[[str], str] = lambda label: label) -> None:
-        self.change_windows, self.min_turn_s = change_windows, min_turn_s
-        self.emit, self.rename = emit, rename
-        self.label: str | None = None
-        self.start = 0.0
-        self.last: SpeakerEvent | None = None
-        self.pending: list[SpeakerEvent] = []  # windows of a different voice, not yet a confirmed change
-        self.tally = TurnTally()
-
-    def handle(self, event: Event) -> None:
-        if isinstance(event, SpeakerEvent):
-            self._window(event)
-        elif isinstance(event, SilenceEvent) or (isinstance(event, StatusEvent) and event.state == "stopped"):
-            self._close(self._speech_end(), event.end if isinstance(event, SilenceEvent) else self._speech_end())
-
-    def finish(self) -> None:
-        """The stream is ending: close the open turn now, so it goes out before "stopped"."""
-        self._close(self._speech_end(), self._speech_end())
-
-    def _window(self, event: SpeakerEvent) -> None:
-        if self.label is None:
-            self.label, self.start = event.label, event.speech[0]
-        elif event.label == self.label:
-            self.pending.clear()
-        else:
-            self.pending = [e for e in self.pending if e.label == event.label] + [event]
-            if len(self.pending) >= self.change_windows:
-                # The change lies about where the first window of the new voice is centred.
-                first = self.pending[0]
-                boundary = max(self.start, (first.start + first.end) / 2)
-                self._close(boundary, event.end)
-                self.label, self.start = event.label, boundary
-                self.last = event
-                return
-        if not self.pending:
-            self.last = event
-
-    def _speech_end(self) -> float:
-        return self.start if self.last is None else max(self.start, self.last.speech[1])
-
-    def _close(self, end: float, confirmed: float) -> None:
-        if self.label is not None and end - self.start >= self.min_turn_s:
-            turn = TurnEvent(self.start, end, self.rename(self.label), confirmed)
-            self.tally.add(turn)
-            self.emit(turn)
-        self.label, self.last, self.pending = None, None, []
-
-    def close(self) -> None:
-        pass
 
 
 def rttm_name(label: str) -> str:
@@ -180,39 +150,195 @@ class RttmSink:
 
 
 class Meeting:
-    """Everything meeting mode adds to a pipeline: the guest decider, the turn and RTTM sinks,
-    and the guests file written at the end (for enrolling a guest under a real name)."""
+    """What offline and live meeting modes share: naming, turns out as events, RTTM, summary,
+    guests file. Speakers are keys (a cluster, a live speaker) with a display label each."""
 
-    def __init__(self, cfg: MeetingConfig, guest_threshold: float, hop_s: float, fingerprint: str,
-                 rttm: Path | None, guests_file: Path | None, file_id: str) -> None:
-        self.guests = GuestClusterer(guest_threshold, cfg.merge_threshold or guest_threshold, cfg.max_guests)
-        self.cfg, self.hop_s, self.fingerprint = cfg, hop_s, fingerprint
-        self.rttm, self.guests_file, self.file_id = rttm, guests_file, file_id
-        self.turns: TurnSink | None = None
+    def __init__(self, cfg: MeetingConfig, scales: Scales, namer: Namer, window_s: float, hop_s: float,
+                 fingerprint: str, rttm: Path | None, guests_file: Path | None, file_id: str) -> None:
+        self.cfg, self.scales, self.namer, self.window_s, self.hop_s = cfg, scales, namer, window_s, hop_s
+        self.fingerprint, self.rttm, self.guests_file, self.file_id = fingerprint, rttm, guests_file, file_id
+        self.builder = TurnBuilder(cfg.max_pause_s, cfg.min_turn_s, self._turn)
+        self.emit: Callable[[Event], None] = lambda event: None
+        self.tally = TurnTally()
+        self.names: dict[int, str] = {}  # speaker key -> its label now
+        self.renamed: dict[str, str] = {}  # a label turns were sent under -> the label it became
+        self.guest_count = 0
+        self.now = 0.0
 
-    def decider(self, decider: Decider) -> GuestDecider:
-        return GuestDecider(decider, self.guests, self.hop_s, decider.settings.smoothing)
+    def decider(self, decider: Decider, emit: Callable[[Event], None]) -> MeetingDecider:
+        self.emit = emit
+        return MeetingDecider(decider, self)
 
-    def sinks(self, emit: Callable[[Event], None]) -> list:
-        self.turns = TurnSink(self.cfg.change_windows, self.cfg.min_turn_s, emit,
-                              self.guests.current)
-        sinks: list = [self.turns, _GuestsWriter(self)]
+    def sinks(self) -> list:
+        sinks: list = [_MeetingEnd(self)]
         if self.rttm is not None:
-            sinks.append(RttmSink(self.rttm, self.file_id, self.guests.current))
+            sinks.append(RttmSink(self.rttm, self.file_id, self.current))
         return sinks
 
+    def window(self, record: WindowRecord, seconds: float) -> tuple[str, float] | None:
+        """Take one voiced window; live, return its (label, cosine to its speaker) now."""
+        raise NotImplementedError
+
+    def advance(self, now: float) -> None:
+        """Stream time has reached ``now``: turns that can be decided go out."""
+        self.now = now
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+    def guests(self) -> list[tuple[str, np.ndarray, float]]:
+        raise NotImplementedError
+
+    def _label(self, key: int, centroid: np.ndarray | None) -> str:
+        """A speaker's label: the enrolled name its centroid matches, else the next guest number."""
+        name = self.namer.name(centroid) if centroid is not None else None
+        if name is None and key not in self.names:
+            self.guest_count += 1
+            name = f"{GUEST_PREFIX} {self.guest_count}"
+        if name is not None:
+            self.names[key] = name
+        return self.names[key]
+
+    def _turn(self, turn: Turn) -> None:
+        overlaps = tuple((a, b, self.current(self.names.get(o, "unknown"))) for a, b, o in turn.overlaps)
+        label = self.names.get(turn.speaker) or self._label(turn.speaker, None)
+        event = TurnEvent(turn.start, turn.end, self.current(label), self.now, overlaps)
+        self.tally.add(event)
+        self.emit(event)
+
+    def current(self, label: str) -> str:
+        """What a label turns were sent under is called now."""
+        seen = set()
+        while label in self.renamed and label not in seen:
+            seen.add(label)
+            label = self.renamed[label]
+        return label
+
     def final_turns(self) -> TurnTally:
-        """Talk time and turns of every closed turn, per final label (guests merged since): what
-        ``summary`` takes. Totals, not the turns themselves, so memory stays flat."""
-        tally = self.turns.tally if self.turns else TurnTally()
-        return tally.renamed(self.guests.current)
+        """Talk time and turns of every closed turn, per final label: what ``summary`` takes."""
+        return self.tally.renamed(self.current)
 
     def summary(self) -> list[tuple[str, float, int, float]]:
         return summary(self.final_turns())
 
+    def save(self) -> None:
+        guests = self.guests() if self.guests_file is not None else []
+        if guests:
+            save_guests(self.guests_file, self.fingerprint, guests)
 
-class _GuestsWriter:
-    """Writes the guests file when the stream ends (a sink, so it runs after the last window)."""
+
+class OfflineMeeting(Meeting):
+    """A whole recording clustered at once when it ends, then re-segmented on 0.1-s frames."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.records: list[WindowRecord] = []
+        self.seconds: list[float] = []
+        self.clusters: tuple[np.ndarray, np.ndarray] | None = None  # (labels, embeddings) once clustered
+
+    def window(self, record: WindowRecord, seconds: float) -> None:
+        self.records.append(record)
+        self.seconds.append(seconds)
+        return None
+
+    def finish(self) -> None:
+        if self.records:
+            embeddings = np.stack([r.embedding for r in self.records])
+            labels = cluster(embeddings, np.array(self.seconds), self.scales, self.cfg.min_speaker_s,
+                             self.cfg.max_speakers)
+            centroids = centroids_of(embeddings, labels)
+            for k, centroid in enumerate(centroids):  # guests numbered in order of first appearance
+                self._label(k, centroid)
+            self.clusters = (labels, embeddings)
+            for frame in frames(self.records, centroids, 0.0, self.now, self.scales.window):
+                self.builder.push(frame)
+        self.builder.finish()
+
+    def guests(self) -> list[tuple[str, np.ndarray, float]]:
+        if self.clusters is None:
+            return []
+        labels, embeddings = self.clusters
+        seconds = np.array(self.seconds)
+        return [(label, embeddings[labels == k][-KEEP_WINDOWS:], float(seconds[labels == k].sum()))
+                for k, label in self.names.items() if label.startswith(GUEST_PREFIX + " ")]
+
+
+class LiveMeeting(Meeting):
+    """Incremental clustering; frames labelled once every window covering them has arrived."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        context = max(SEGMENT_WINDOWS, int(round(self.cfg.context_s / self.hop_s)))
+        self.clusterer = IncrementalClusterer(self.scales, self.cfg.min_speaker_s, self.cfg.max_speakers, context)
+        self.recent: deque[WindowRecord] = deque()  # windows that still cover frames not yet labelled
+        self.labelled_to = 0.0  # frames before this went to the turn builder
+        self.merges_seen = 0
+        self.shown: set[str] = set()  # labels already sent (window or turn events): renaming them is news
+
+    def window(self, record: WindowRecord, seconds: float) -> tuple[str, float]:
+        number = self.clusterer.add(record.embedding, seconds)
+        self._follow_merges()
+        self._name_speakers()
+        self.recent.append(record)
+        label = self.current(self.names.get(number) or self._label(number, None))
+        self.shown.add(label)
+        return label, float(record.embedding @ self.clusterer.centroids()[number])
+
+    def advance(self, now: float) -> None:
+        super().advance(now)
+        self._label_frames(now - self.window_s)
+
+    def finish(self) -> None:
+        self._label_frames(self.now)
+        self.builder.finish()
+
+    def _label_frames(self, upto: float) -> None:
+        if upto <= self.labelled_to:
+            return
+        found = self.clusterer.centroids()
+        numbers = list(found)
+        centroids = np.stack(list(found.values())) if found else np.zeros((0, 1))
+        for f in frames(list(self.recent), centroids, self.labelled_to, upto, self.scales.window):
+            self.builder.push(Frame(f.start, numbers[f.speaker] if f.speaker >= 0 else -1,
+                                    numbers[f.second] if f.second >= 0 else -1))
+        self.labelled_to = max(self.labelled_to, round(upto / FRAME_S) * FRAME_S)
+        while self.recent and self.recent[0].end <= self.labelled_to:
+            self.recent.popleft()
+
+    def _relabel(self, was: str, label: str) -> None:
+        if was == label:
+            return
+        self.renamed[was] = label
+        if was in self.shown:
+            self.emit(RelabelEvent(0.0, self.now, label, was))
+
+    def _follow_merges(self) -> None:
+        for gone, into in self.clusterer.merged[self.merges_seen:]:
+            was = self.names.get(gone)  # kept: turns still open under the gone number resolve through it
+            if was is not None:
+                self._relabel(was, self.names.get(into) or self._label(into, None))
+        self.merges_seen = len(self.clusterer.merged)
+
+    def _name_speakers(self) -> None:
+        """A guest whose centroid now matches an enrolled voice takes its name (names stay)."""
+        sizes = self.clusterer.sizes()
+        for number, centroid in self.clusterer.centroids().items():
+            was = self.names.get(number)
+            if sizes[number] < SEGMENT_WINDOWS or (was is not None and not was.startswith(GUEST_PREFIX + " ")):
+                continue
+            name = self.namer.name(centroid)
+            if name is not None:
+                self.names[number] = name
+                if was is not None:
+                    self._relabel(was, name)
+
+    def guests(self) -> list[tuple[str, np.ndarray, float]]:
+        return [(label, *self.clusterer.windows_of(number)) for number, label in self.names.items()
+                if number in self.clusterer.speakers and label.startswith(GUEST_PREFIX + " ")]
+
+
+class _MeetingEnd:
+    """The meeting's sink: closes the last turn before "stopped", writes the guests file at the end."""
 
     def __init__(self, meeting: Meeting) -> None:
         self.meeting = meeting
@@ -220,9 +346,11 @@ class _GuestsWriter:
     def handle(self, event: Event) -> None:
         pass
 
+    def finish(self) -> None:
+        self.meeting.finish()
+
     def close(self) -> None:
-        if self.meeting.guests_file is not None and self.meeting.guests.guests:
-            self.meeting.guests.save(self.meeting.guests_file, self.meeting.fingerprint)
+        self.meeting.save()
 
 
 def summary(turns: TurnTally | Iterable[TurnEvent]) -> list[tuple[str, float, int, float]]:

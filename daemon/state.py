@@ -6,14 +6,14 @@ bounded so memory stays flat over hours.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .events import DoorEvent
-from .events import Event, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
+from .events import DoorEvent, Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
 
 
 @dataclass
@@ -72,6 +72,9 @@ class LiveState:
                 self.door = event
             elif isinstance(event, TurnEvent):
                 self.turn_log.append(event)
+            elif isinstance(event, RelabelEvent):
+                self.turn_log = deque((dataclasses.replace(t, label=event.label) if t.label == event.was and
+                                       event.start <= t.start <= event.end else t for t in self.turn_log), maxlen=50)
 
     def quiet_window(self, end: float) -> None:
         """A hop without scored speech, for the timeline."""

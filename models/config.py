@@ -78,11 +78,11 @@ class DecisionConfig:
 
 @dataclass
 class MeetingConfig:
-    guest_threshold: float = _opt(0.0, lo=-1.0, hi=1.0)
-    merge_threshold: float = _opt(0.0, lo=-1.0, hi=1.0)
-    max_guests: int = _opt(8, lo=1, hi=100)
-    change_windows: int = _opt(2, lo=1, hi=20)
+    max_speakers: int = _opt(20, lo=1, hi=200)
+    min_speaker_s: float = _opt(2.0, lo=0.0, hi=60.0)
+    max_pause_s: float = _opt(1.0, lo=0.0, hi=10.0)
     min_turn_s: float = _opt(0.5, lo=0.0, hi=10.0)
+    context_s: float = _opt(30.0, lo=5.0, hi=300.0)
 
 
 @dataclass
@@ -257,6 +257,12 @@ def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> An
     return value
 
 
+_CLUSTERING = "meeting clustering takes its thresholds from the model (README, Meeting mode); delete the line"
+_REMOVED = {"meeting.guest_threshold": _CLUSTERING, "meeting.merge_threshold": _CLUSTERING,
+            "meeting.max_guests": "it is meeting.max_speakers now",
+            "meeting.change_windows": "turn boundaries come from 0.1-s frames now; delete the line"}
+
+
 def _merge(obj: Any, data: Mapping[str, Any], prefix: str) -> None:
     """Write ``data`` into dataclass ``obj`` in place, validating every key."""
     if not isinstance(data, Mapping):
@@ -265,6 +271,8 @@ def _merge(obj: Any, data: Mapping[str, Any], prefix: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for name, value in data.items():
         key = prefix + name
+        if key in _REMOVED:
+            raise ConfigError(f"config key '{key}' is gone: {_REMOVED[key]}")
         if name not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key '{key}' (known here: {known})")

@@ -53,15 +53,3 @@ def decision_point(cfg: "Config", info: "ModelInfo", gallery: "Gallery | None", 
     """The operating point for this model and gallery; ``door`` for a stream that drives a door."""
     calibrated = gallery.calibration(info.fingerprint) if gallery is not None else None
     return resolve(cfg.decision, info.thresholds, calibrated, door)
-
-
-def guest_threshold(cfg: "Config", info: "ModelInfo", gallery: "Gallery | None") -> float:
-    """Where a window joins a guest: ``[meeting] guest_threshold``, else the equal-error point
-    (the gallery's calibration, else the model's): clustering should balance splitting one
-    voice against merging two, where a door's threshold guards against false accepts only."""
-    if cfg.meeting.guest_threshold:
-        return cfg.meeting.guest_threshold
-    calibrated = gallery.calibration(info.fingerprint) if gallery is not None else None
-    if calibrated and "eer_threshold" in calibrated:
-        return float(calibrated["eer_threshold"])
-    return float(info.thresholds.get("eer", decision_point(cfg, info, None).threshold))

@@ -22,7 +22,8 @@ does after ``normalize_volume(wav, -30, increase_only=True)``:
   unit length again.
 Resemblyzer's ``trim_long_silences`` is left out: the daemon's VAD has already cut the pauses.
 
-Its thresholds (``eer``, ``far1``, ``consistency``) are measured as training/baseexport.py
+Its thresholds (``eer``, ``far1``, ``consistency``, and the clustering scales of
+``models.clustering.measure_scales``) are measured as training/baseexport.py
 measures the base model's, through the exported file, on the 251 LibriSpeech train-clean-100
 voices, assumed unheard by Resemblyzer. A build fails unless its embeddings agree with Resemblyzer's own
 (cosine >= 0.99) on 20 real 2-s test-other windows; an up-to-date file is reused.
@@ -52,6 +53,7 @@ from torch import nn
 
 from spkrec.models.artifact import ModelInfo, decode_metadata
 from spkrec.models.audio import load_audio
+from spkrec.models.clustering import measure_scales
 from spkrec.models.engine import Engine
 from spkrec.models.errors import ModelError
 from spkrec.models.windows import fit_length, frame_windows
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--voices", type=Path, default=VOICES, help="calibration voices: one folder of .flac per voice")
     parser.add_argument("--force", action="store_true", help="rebuild even when --out is current")
     args = parser.parse_args(argv)
-    build(args.out, args.voices, force=args.force)
+    build(args.out, args.voices, extra_thresholds=measure_scales, force=args.force)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""Live meeting clustering, in the manner of diart: recent windows (local) against the meeting's
+speakers so far (global), under one clustering rule.
+
+At every voiced window, the recent windows (the last ``context`` of them) and the global
+speakers are clustered together, the global speakers entering as the clusters they already are
+(their sum of embeddings and their size), by the same agglomeration ``spkrec label`` runs over
+a whole recording, with the model's own thresholds (``models.clustering``):
+- a recent window joins a global speaker when their cosine clears the threshold for the
+  smaller one's size, and the recent windows that join none are a new speaker once they hold
+  ``min_speaker_s`` of speech (the new-speaker threshold is the same scale); fewer go to the
+  closest speaker until they say more;
+- global speakers never leave their clusters, so a recent window is never split between them
+  (the constraint); two global speakers whose centroids come to clear the centroid threshold
+  are one voice: the younger is merged into the older, and its turns are relabelled;
+- a window leaving the context is added to its speaker for good (the centroid update).
+Memory is the speakers' sums plus the context, however long the meeting.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spkrec.models.clustering import Scales, agglomerate, fold_small
+from spkrec.models.scoring import normalize
+
+KEEP_WINDOWS = 600  # per speaker, for enrolling a guest afterwards: five minutes is plenty, memory stays flat
+
+
+@dataclass(eq=False)
+class Speaker:
+    number: int  # "Guest <number>" until named
+    total: np.ndarray  # sum of the unit embeddings of its windows that left the context
+    size: int = 0  # windows in ``total``
+    seconds: float = 0.0
+    kept: deque = field(default_factory=lambda: deque(maxlen=KEEP_WINDOWS))
+
+
+class IncrementalClusterer:
+    def __init__(self, scales: Scales, min_speaker_s: float, max_speakers: int, context: int) -> None:
+        self.scales, self.min_speaker_s, self.max_speakers = scales, min_speaker_s, max_speakers
+        self.context: deque[tuple[np.ndarray, float, int]] = deque()  # (unit embedding, seconds, speaker number)
+        self.size = context
+        self.speakers: dict[int, Speaker] = {}
+        self.merged: list[tuple[int, int]] = []  # (gone, into) speaker numbers, for the caller to relabel
+        self.counter = 0
+
+    def add(self, embedding: np.ndarray, seconds: float) -> int:
+        """The speaker number of a new window."""
+        x = normalize(embedding).astype(np.float64)
+        self.context.append((x, seconds, -1))
+        while len(self.context) > self.size:
+            self._settle(*self.context.popleft())
+        numbers = [n for n, s in self.speakers.items() if s.size]  # speakers with settled windows
+        rows = np.stack([self.speakers[n].total for n in numbers] + [e for e, _, _ in self.context])
+        sizes = np.array([self.speakers[n].size for n in numbers] + [1] * len(self.context))
+        weights = np.array([self.speakers[n].seconds for n in numbers] + [s for _, s, _ in self.context])
+        labels = agglomerate(rows, self.scales, self.max_speakers, sizes)
+        labels = fold_small(rows, labels, weights, self.min_speaker_s)
+        owner = self._owners(labels[:len(numbers)], numbers, labels[len(numbers):])
+        self.context = deque((e, s, owner[k]) for (e, s, _), k in zip(self.context, labels[len(numbers):]))
+        return self.context[-1][2]
+
+    def centroids(self) -> dict[int, np.ndarray]:
+        """Every speaker's centroid: its settled windows and those in the context now."""
+        sums = {n: s.total.copy() for n, s in self.speakers.items()}
+        for e, _, n in self.context:
+            sums[n] = sums[n] + e
+        return {n: normalize(v) for n, v in sums.items()}
+
+    def sizes(self) -> dict[int, int]:
+        sizes = {n: s.size for n, s in self.speakers.items()}
+        for _, _, n in self.context:
+            sizes[n] += 1
+        return sizes
+
+    def windows_of(self, number: int) -> tuple[np.ndarray, float]:
+        """A speaker's kept windows (settled and in context) and their voiced seconds."""
+        speaker = self.speakers[number]
+        recent = [(e, s) for e, s, n in self.context if n == number]
+        windows = list(speaker.kept) + [e.astype(np.float32) for e, _ in recent]
+        return np.stack(windows[-KEEP_WINDOWS:]), speaker.seconds + sum(s for _, s in recent)
+
+    def _owners(self, row_labels: np.ndarray, numbers: list[int], recent_labels: np.ndarray) -> dict[int, int]:
+        """Cluster -> speaker number. A cluster holding settled speakers belongs to the oldest of
+        them (the others merge into it); one of recent windows only, to the speaker most of them
+        had a hop ago if no other cluster took it, else to a new speaker."""
+        owner: dict[int, int] = {}
+        for k, number in zip(row_labels, numbers):  # oldest first: numbers grow
+            if k in owner:
+                self._merge(number, into=owner[k])
+            else:
+                owner[k] = number
+        before = [n for _, _, n in self.context]
+        for k in dict.fromkeys(recent_labels.tolist()):
+            if k in owner:
+                continue
+            votes = Counter(n for n, label in zip(before, recent_labels)
+                            if label == k and n >= 0 and n in self.speakers and n not in owner.values())
+            if votes:
+                owner[k] = votes.most_common(1)[0][0]
+            else:
+                self.counter += 1
+                self.speakers[self.counter] = Speaker(self.counter, np.zeros(self.context[0][0].size))
+                owner[k] = self.counter
+        for number in [n for n, s in self.speakers.items() if not s.size and n not in owner.values()]:
+            taken = Counter(owner[k] for n, k in zip(before, recent_labels) if n == number)
+            if taken:  # its windows went to another speaker: the same voice
+                self._merge(number, into=taken.most_common(1)[0][0])
+            else:
+                del self.speakers[number]
+        return owner
+
+    def _merge(self, gone: int, into: int) -> None:
+        a, b = self.speakers.pop(gone), self.speakers[into]
+        b.total, b.size, b.seconds = b.total + a.total, b.size + a.size, b.seconds + a.seconds
+        b.kept.extend(a.kept)
+        self.merged.append((gone, into))
+
+    def _settle(self, x: np.ndarray, seconds: float, number: int) -> None:
+        while number not in self.speakers:  # merged away since: its windows live on in the survivor
+            number = dict(self.merged)[number]
+        speaker = self.speakers[number]
+        speaker.total = speaker.total + x
+        speaker.size += 1
+        speaker.seconds += seconds
+        speaker.kept.append(x.astype(np.float32))

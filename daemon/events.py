@@ -82,20 +82,18 @@ class StatusEvent:
 class TurnEvent:
     """A closed speaker turn in meeting mode: one voice from where it started to where it
     stopped (a longer pause, or another voice taking over). ``confirmed`` is the stream time at
-    which it closed; ``overlaps`` are stretches inside it where a second voice was heard too."""
+    which it closed."""
 
     start: float
     end: float
     label: str
     confirmed: float
-    overlaps: tuple[tuple[float, float, str], ...] = ()  # (start, end, the other voice)
     stream: str = field(default="", kw_only=True)  # which input, when several are served
     demo: bool = field(default=False, kw_only=True)  # made up by the demo stream, not heard
 
     def to_dict(self) -> dict:
         data = {"event": "turn", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
-                "confirmed": round(self.confirmed, 3),
-                "overlaps": [[round(a, 3), round(b, 3), who] for a, b, who in self.overlaps]}
+                "confirmed": round(self.confirmed, 3)}
         return tagged(self, data)
 
 

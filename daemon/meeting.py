@@ -9,8 +9,8 @@ Every voiced window's embedding is kept (offline) or clustered as it comes (live
   window covering them has arrived (one window length behind the audio); when the clustering
   changes its mind (two guests are one voice, a guest turns out to be an enrolled speaker) a
   ``relabel`` event renames the turns already sent.
-Clusters are named after clustering: a speaker whose centroid matches an enrolled voiceprint at
-the decision threshold takes that name; the rest are "Guest 1", "Guest 2", ...
+Clusters are named after clustering: a speaker most of whose windows the decision rule accepts
+as an enrolled voice takes that name (``Namer``); the rest are "Guest 1", "Guest 2", ...
 
 Turns go out as ``TurnEvent``s and NIST RTTM lines as they close; the summary is kept as
 per-speaker totals, so a day-long meeting costs what a short one does.
@@ -41,21 +41,35 @@ from .windowing import Window
 
 
 class Namer:
-    """Enrolled (or trained) names for the speakers clustering found."""
+    """Enrolled (or trained) names for the speakers clustering found.
 
-    def __init__(self, roster: Roster, threshold: float) -> None:
-        self.roster, self.threshold = roster, threshold
+    A speaker takes a name when most of its windows are accepted as that voice by the same rule
+    the daemon decides with (scores averaged over ``smoothing`` windows, the calibrated
+    threshold). Not by its centroid's score: averaging removes the noise of single windows, so
+    the centroid of a stranger whose voice resembles an enrolled one scores higher against that
+    voiceprint than the stranger's windows do, above a threshold calibrated on windows.
+    """
 
-    def name(self, centroid: np.ndarray) -> str | None:
-        """The voice whose voiceprint the centroid matches best, if at the decision threshold: a
-        centroid of many windows is a cleaner sample of a voice than the windows the threshold
-        was calibrated on, so this errs towards a guest, never towards a wrong name."""
+    def __init__(self, roster: Roster, threshold: float, smoothing: int = 3) -> None:
+        self.roster, self.threshold, self.smoothing = roster, threshold, smoothing
+
+    def accepted(self, windows: np.ndarray) -> list[str | None]:
+        """Per window (in time order), the voice the decision rule accepts, or None."""
         labels, prototypes = self.roster()
-        if not len(labels):
-            return None
-        scores = normalize(prototypes) @ normalize(centroid)
-        best = int(np.argmax(scores))
-        return labels[best] if scores[best] >= self.threshold else None
+        if not len(labels) or not len(windows):
+            return [None] * len(windows)
+        raw = normalize(windows) @ normalize(prototypes).T
+        width = min(self.smoothing, len(raw))
+        smoothed = np.stack([np.convolve(raw[:, j], np.ones(width) / width, mode="same") for j in range(raw.shape[1])], 1)
+        best = np.argmax(smoothed, axis=1)
+        return [labels[j] if smoothed[i, j] >= self.threshold else None for i, j in enumerate(best)]
+
+    def name(self, windows: np.ndarray) -> str | None:
+        """The voice most of a speaker's windows are accepted as, if more than half are."""
+        votes = Counter(self.accepted(windows))
+        name, count = max(((n, c) for n, c in votes.items() if n is not None), key=lambda nc: nc[1],
+                          default=(None, 0))
+        return name if count * 2 > len(windows) else None
 
 
 class MeetingDecider:
@@ -95,13 +109,17 @@ class TurnTally:
         self.talk[turn.label] += turn.end - turn.start
         self.count[turn.label] += 1
 
-    def renamed(self, rename: Callable[[str], str]) -> "TurnTally":
-        """The same totals under final labels (guests merged since their turns closed)."""
-        out = TurnTally()
-        for label in self.talk:
-            out.talk[rename(label)] += self.talk[label]
-            out.count[rename(label)] += self.count[label]
-        return out
+    def move(self, was: str, label: str, seconds: float | None = None) -> None:
+        """A relabel: one turn of ``seconds`` (or every turn, when None) of ``was`` is ``label`` now."""
+        talk = self.talk[was] if seconds is None else seconds
+        count = self.count[was] if seconds is None else 1
+        self.talk[was] -= talk
+        self.count[was] -= count
+        self.talk[label] += talk
+        self.count[label] += count
+        for counter in (self.talk, self.count):
+            if counter[was] <= 1e-9:
+                del counter[was]
 
 
 def rttm_name(label: str) -> str:
@@ -121,6 +139,7 @@ class RttmSink:
     def __init__(self, path: Path, file_id: str, rename: Callable[[str], str] = lambda label: label) -> None:
         self.path, self.file_id, self.rename = path, rttm_name(file_id), rename
         self.written: dict[str, str] = {}  # RTTM name -> the label it was written for (one per voice)
+        self.relabels: list[tuple[float, float, str, str]] = []  # (start, end, was, now), in order
         self.stream: TextIO = open_private(path, "w")
 
     def _line(self, turn: TurnEvent) -> str:
@@ -132,16 +151,22 @@ class RttmSink:
         if isinstance(event, TurnEvent):
             self.stream.write(self._line(event))
             self.stream.flush()
+        elif isinstance(event, RelabelEvent):  # applied when the file is rewritten at the end
+            self.relabels.append((event.start, event.end, rttm_name(event.was), rttm_name(event.label)))
 
     def close(self) -> None:
         self.stream.close()
         final = {name: rttm_name(self.rename(label)) for name, label in self.written.items()}
-        if all(name == now for name, now in final.items()):
+        if all(name == now for name, now in final.items()) and not self.relabels:
             return
         partial = self.path.with_name(self.path.name + ".partial")
         with self.path.open(encoding="utf-8") as old, open_private(partial, "w") as new:
             for line in old:
                 fields = line.split(" ")
+                start = float(fields[3])
+                for a, b, was, now in self.relabels:
+                    if fields[7] == was and a - 5e-4 <= start <= b + 5e-4:
+                        fields[7] = now
                 fields[7] = final.get(fields[7], fields[7])
                 new.write(" ".join(fields))
             new.flush()
@@ -189,9 +214,9 @@ class Meeting:
     def guests(self) -> list[tuple[str, np.ndarray, float]]:
         raise NotImplementedError
 
-    def _label(self, key: int, centroid: np.ndarray | None) -> str:
-        """A speaker's label: the enrolled name its centroid matches, else the next guest number."""
-        name = self.namer.name(centroid) if centroid is not None else None
+    def _label(self, key: int, windows: np.ndarray | None) -> str:
+        """A speaker's label: the enrolled name its windows are accepted as, else the next guest number."""
+        name = self.namer.name(windows) if windows is not None else None
         if name is None and key not in self.names:
             self.guest_count += 1
             name = f"{GUEST_PREFIX} {self.guest_count}"
@@ -200,9 +225,8 @@ class Meeting:
         return self.names[key]
 
     def _turn(self, turn: Turn) -> None:
-        overlaps = tuple((a, b, self.current(self.names.get(o, "unknown"))) for a, b, o in turn.overlaps)
         label = self.names.get(turn.speaker) or self._label(turn.speaker, None)
-        event = TurnEvent(turn.start, turn.end, self.current(label), self.now, overlaps)
+        event = TurnEvent(turn.start, turn.end, self.current(label), self.now)
         self.tally.add(event)
         self.emit(event)
 
@@ -215,8 +239,9 @@ class Meeting:
         return label
 
     def final_turns(self) -> TurnTally:
-        """Talk time and turns of every closed turn, per final label: what ``summary`` takes."""
-        return self.tally.renamed(self.current)
+        """Talk time and turns of every closed turn, per final label (relabels are applied to
+        the tally as they happen): what ``summary`` takes."""
+        return self.tally
 
     def summary(self) -> list[tuple[str, float, int, float]]:
         return summary(self.final_turns())
@@ -246,13 +271,36 @@ class OfflineMeeting(Meeting):
             embeddings = np.stack([r.embedding for r in self.records])
             labels = cluster(embeddings, np.array(self.seconds), self.scales, self.cfg.min_speaker_s,
                              self.cfg.max_speakers)
+            labels = self._split_strangers(embeddings, labels)
             centroids = centroids_of(embeddings, labels)
-            for k, centroid in enumerate(centroids):  # guests numbered in order of first appearance
-                self._label(k, centroid)
+            for k in range(len(centroids)):  # guests numbered in order of first appearance
+                self._label(k, embeddings[labels == k])
             self.clusters = (labels, embeddings)
-            for frame in frames(self.records, centroids, 0.0, self.now, self.scales.window):
+            for frame in frames(self.records, centroids, 0.0, self.now):
                 self.builder.push(frame)
         self.builder.finish()
+
+    def _split_strangers(self, embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """A cluster that takes an enrolled name keeps the windows the decision rule accepts as
+        that voice. The rest become a speaker of their own when they hold a speaker's worth of
+        speech and the clustering scale, too, calls them another voice: a stranger the
+        clustering could not tell from an enrolled voice is then a guest, not that person."""
+        seconds = np.array(self.seconds)
+        out = labels.copy()
+        for k in range(int(labels.max()) + 1):
+            members = np.flatnonzero(labels == k)
+            accepted = self.namer.accepted(embeddings[members])
+            name = self.namer.name(embeddings[members])
+            rest = members[[a != name for a in accepted]]
+            if name is None or seconds[rest].sum() < self.cfg.min_speaker_s:
+                continue
+            kept = np.setdiff1d(members, rest)
+            apart = float(normalize(embeddings[rest].mean(axis=0)) @ normalize(embeddings[kept].mean(axis=0)))
+            if apart < self.scales.centroid:
+                out[rest] = out.max() + 1
+        _, first = np.unique(out, return_index=True)
+        order = {c: r for r, c in enumerate(out[np.sort(first)])}
+        return np.array([order[c] for c in out], int)
 
     def guests(self) -> list[tuple[str, np.ndarray, float]]:
         if self.clusters is None:
@@ -274,11 +322,15 @@ class LiveMeeting(Meeting):
         self.labelled_to = 0.0  # frames before this went to the turn builder
         self.merges_seen = 0
         self.shown: set[str] = set()  # labels already sent (window or turn events): renaming them is news
+        self.spans: deque[tuple[float, float]] = deque(maxlen=context)  # of the clusterer's context windows
+        self.sent: deque[list] = deque()  # [start, end, label] of turns sent whose windows are still in context
 
     def window(self, record: WindowRecord, seconds: float) -> tuple[str, float]:
         number = self.clusterer.add(record.embedding, seconds)
+        self.spans.append((record.start, record.end))
         self._follow_merges()
         self._name_speakers()
+        self._revise_turns()
         self.recent.append(record)
         label = self.current(self.names.get(number) or self._label(number, None))
         self.shown.add(label)
@@ -298,17 +350,42 @@ class LiveMeeting(Meeting):
         found = self.clusterer.centroids()
         numbers = list(found)
         centroids = np.stack(list(found.values())) if found else np.zeros((0, 1))
-        for f in frames(list(self.recent), centroids, self.labelled_to, upto, self.scales.window):
-            self.builder.push(Frame(f.start, numbers[f.speaker] if f.speaker >= 0 else -1,
-                                    numbers[f.second] if f.second >= 0 else -1))
+        for f in frames(list(self.recent), centroids, self.labelled_to, upto):
+            self.builder.push(Frame(f.start, numbers[f.speaker] if f.speaker >= 0 else -1))
         self.labelled_to = max(self.labelled_to, round(upto / FRAME_S) * FRAME_S)
         while self.recent and self.recent[0].end <= self.labelled_to:
             self.recent.popleft()
+
+    def _turn(self, turn: Turn) -> None:
+        super()._turn(turn)
+        self.sent.append([turn.start, turn.end, self.current(self.names[turn.speaker])])
+
+    def _revise_turns(self) -> None:
+        """A turn whose windows the clustering now gives mostly to another speaker is relabelled
+        on its own (the clustering changed its mind about those few seconds)."""
+        while self.sent and self.spans and self.sent[0][1] < self.spans[0][0]:
+            self.sent.popleft()  # its windows have left the context: its label is final
+        numbers = [n for _, _, n in self.clusterer.context]
+        centres = np.array([(a + b) / 2 for a, b in self.spans])
+        for turn in self.sent:
+            inside = [n for n, c in zip(numbers, centres) if turn[0] <= c <= turn[1]]
+            if not inside:
+                continue
+            number = Counter(inside).most_common(1)[0][0]
+            label = self.current(self.names.get(number) or self._label(number, None))
+            if label != turn[2]:
+                self.emit(RelabelEvent(turn[0], turn[0], label, turn[2]))
+                self.tally.move(turn[2], label, turn[1] - turn[0])
+                turn[2] = label
 
     def _relabel(self, was: str, label: str) -> None:
         if was == label:
             return
         self.renamed[was] = label
+        self.tally.move(was, label)
+        for turn in self.sent:
+            if turn[2] == was:
+                turn[2] = label
         if was in self.shown:
             self.emit(RelabelEvent(0.0, self.now, label, was))
 
@@ -322,11 +399,11 @@ class LiveMeeting(Meeting):
     def _name_speakers(self) -> None:
         """A guest whose centroid now matches an enrolled voice takes its name (names stay)."""
         sizes = self.clusterer.sizes()
-        for number, centroid in self.clusterer.centroids().items():
+        for number in self.clusterer.speakers:
             was = self.names.get(number)
             if sizes[number] < SEGMENT_WINDOWS or (was is not None and not was.startswith(GUEST_PREFIX + " ")):
                 continue
-            name = self.namer.name(centroid)
+            name = self.namer.name(self.clusterer.windows_of(number)[0])
             if name is not None:
                 self.names[number] = name
                 if was is not None:

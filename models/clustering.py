@@ -52,8 +52,11 @@ class Scales:
         return cls(eer, eer, measured=False)
 
     def threshold(self, size: "int | np.ndarray") -> "float | np.ndarray":
-        """The merge threshold for two clusters, the smaller of which has ``size`` windows."""
-        return np.where(np.asarray(size) >= SEGMENT_WINDOWS, self.centroid, self.window)
+        """The merge threshold for two clusters, the smaller of which has ``size`` windows: the
+        window scale for one window, the centroid scale from SEGMENT_WINDOWS on, and in between
+        a straight line (a cluster of four windows is neither a window nor a segment)."""
+        share = np.clip((np.asarray(size) - 1) / (SEGMENT_WINDOWS - 1), 0.0, 1.0)
+        return self.window + share * (self.centroid - self.window)
 
 
 def _segments(windows: np.ndarray) -> list[np.ndarray]:

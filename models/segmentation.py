@@ -4,8 +4,7 @@ A 2-s window that straddles a change of speaker scores between the two voices. E
 takes the mean of the scores of every window covering it, so at a change the frames flip where
 the windows covering them tip from one voice to the other: the boundary lands within a frame or
 two of where the voice changed, not on a window's edge. Frames the VAD found silent belong to
-nobody. A frame where a second speaker scores as well as a typical window of that speaker
-(``Scales.window``) is marked as overlapped speech: two voices in the windows around it.
+nobody.
 
 Used offline over a whole recording and live over the frames whose windows have all arrived,
 with the same ``TurnBuilder``, so the two differ only in the centroids they score against.
@@ -13,7 +12,7 @@ with the same ``TurnBuilder``, so the two differ only in the centroids they scor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -37,11 +36,9 @@ class WindowRecord:
 class Frame:
     start: float
     speaker: int  # index into the centroids; -1: silence or no window to say
-    second: int = -1  # a second voice heard here (overlap), else -1
 
 
-def frames(windows: Sequence[WindowRecord], centroids: np.ndarray, t0: float, t1: float,
-           overlap_threshold: float) -> list[Frame]:
+def frames(windows: Sequence[WindowRecord], centroids: np.ndarray, t0: float, t1: float) -> list[Frame]:
     """The frames starting in [t0, t1), each labelled by the windows covering it."""
     first, last = int(round(t0 / FRAME_S)), int(round(t1 / FRAME_S))
     n = max(last - first, 0)
@@ -59,17 +56,8 @@ def frames(windows: Sequence[WindowRecord], centroids: np.ndarray, t0: float, t1
             for vs, ve in w.voiced_spans:
                 va, vb = _span(vs, ve, first, n)
                 voiced[va:vb] = True
-    out = []
-    for i in range(n):
-        speaker = second = -1
-        if voiced[i] and count[i]:
-            mean = total[i] / count[i]
-            order = np.argsort(-mean)
-            speaker = int(order[0])
-            if len(order) > 1 and mean[order[1]] >= overlap_threshold:
-                second = int(order[1])
-        out.append(Frame((first + i) * FRAME_S, speaker, second))
-    return out
+    best = np.where(voiced & (count > 0), np.argmax(total, axis=1), -1) if len(centroids) else np.full(n, -1)
+    return [Frame((first + i) * FRAME_S, int(k)) for i, k in enumerate(best)]
 
 
 def _span(start: float, end: float, first: int, n: int) -> tuple[int, int]:
@@ -83,7 +71,6 @@ class Turn:
     start: float
     end: float
     speaker: int
-    overlaps: list[tuple[float, float, int]] = field(default_factory=list)  # (start, end, other speaker)
 
 
 class TurnBuilder:
@@ -123,20 +110,10 @@ class TurnBuilder:
                 self.open.end = min(self.open.end, taking_over.start)
                 self._close()
                 self.open = taking_over
-        if frame.second >= 0 and self.open is not None:
-            self._overlap(t, frame.second if frame.second != self.open.speaker else frame.speaker)
-
-    def _overlap(self, t: float, other: int) -> None:
-        spans = self.open.overlaps
-        if spans and spans[-1][2] == other and t - spans[-1][1] < FRAME_S / 2:
-            spans[-1] = (spans[-1][0], t + FRAME_S, other)
-        else:
-            spans.append((t, t + FRAME_S, other))
 
     def _close(self) -> None:
         turn, self.open, self.challenger = self.open, None, None
         if turn is not None and turn.end - turn.start >= self.min_turn_s:
-            turn.overlaps = [o for o in turn.overlaps if o[0] < turn.end]
             self.emit(turn)
 
     def finish(self) -> None:

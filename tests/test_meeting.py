@@ -1,5 +1,6 @@
-"""Meeting mode: turns, guests for unknown voices, RTTM; offline (`spkrec label`) and through the
-virtual microphone, scored with pyannote.metrics' DER against the known turns."""
+"""Meeting mode: clustering with the model's scales, turns from frames, guests, relabels, RTTM;
+offline (`spkrec label`) and live through the virtual microphone, scored with pyannote.metrics'
+DER against the known turns."""
 
 from __future__ import annotations
 
@@ -13,52 +14,215 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 
 import conversation
 from conftest import ENROLL_FILES, SITE_ENROLLED, play_to_daemon, speaker_files, spkrec
-from spkrec.daemon.events import SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
-from spkrec.daemon.guests import GuestClusterer
-from spkrec.daemon.meeting import RttmSink, TurnSink, TurnTally, summary
+from spkrec.daemon.events import RelabelEvent, TurnEvent
+from spkrec.daemon.incremental import IncrementalClusterer
+from spkrec.daemon.meeting import LiveMeeting, Namer, OfflineMeeting, RttmSink, TurnTally, summary
+from spkrec.models.clustering import Scales, cluster, measure_scales
+from spkrec.models.config import MeetingConfig, from_dict
+from spkrec.models.errors import ConfigError
 from spkrec.models.private import readable_by_others
+from spkrec.models.scoring import normalize
+from spkrec.models.segmentation import FRAME_S, Frame, TurnBuilder, WindowRecord, frames
 
 GUESTS = ("2414", "3080")  # never enrolled
 
 
-def _win(end, label, speech=None):
-    return SpeakerEvent(end - 2.0, end, label, 0.9, ((label, 0.9),), 1.0, speech=speech or (end - 2.0, end))
+def _voices(rng, n, dim=64):
+    return normalize(rng.normal(size=(n, dim)))
 
 
-def _turns(events, **kw):
-    out = []
-    sink = TurnSink(change_windows=2, min_turn_s=0.5, emit=out.append, **kw)
-    for e in events:
-        sink.handle(e)
-    sink.handle(StatusEvent("stopped"))
-    return [(t.label, round(t.start, 2), round(t.end, 2)) for t in out]
+def _windows(rng, voice, n, noise=0.9):
+    """Window embeddings of one synthetic voice: its direction plus per-window noise."""
+    return normalize(voice + noise * rng.normal(size=(n, voice.size)) / np.sqrt(voice.size))
 
 
-def test_windows_merge_into_turns_closed_by_silence_and_confirmed_changes():
-    events = [_win(2.0, "a", speech=(0.5, 2.0)), _win(2.5, "a"), _win(3.0, "b"), _win(3.5, "a"),  # a blip of b
-              _win(4.0, "b"), _win(4.5, "b"), _win(5.0, "b", speech=(3.0, 4.6)), SilenceEvent(5.0, 7.0),
-              _win(9.0, "c", speech=(8.0, 9.0))]
-    # a: from its speech onset to the centre of b's first confirmed window; b: to where its speech
-    # stopped; c: still open when the stream stops, closed there
-    assert _turns(events) == [("a", 0.5, 3.0), ("b", 3.0, 4.6), ("c", 8.0, 9.0)]
+def _scales(rng) -> Scales:
+    held_out = {f"v{i}": _windows(rng, v, 30) for i, v in enumerate(_voices(rng, 12))}
+    return Scales(**{k.split("_")[1]: v for k, v in measure_scales(held_out).items()})
 
 
-def test_short_turns_are_dropped():
-    assert _turns([_win(2.0, "a", speech=(1.8, 2.0)), SilenceEvent(2.0, 4.0)]) == []
-
-
-def test_guests_stay_consistent_are_capped_and_merge():
+def test_scales_are_measured_per_size_and_old_models_fall_back():
     rng = np.random.default_rng(0)
-    voices = rng.normal(size=(3, 64))
-    clusterer = GuestClusterer(threshold=0.5, merge_threshold=0.8, max_guests=2)
-    labels = [clusterer.assign(voices[i % 2] + 0.3 * rng.normal(size=64), 0.5)[0] for i in range(20)]
-    assert labels[0::2] == ["Guest 1"] * 10 and labels[1::2] == ["Guest 2"] * 10
-    third, _ = clusterer.assign(voices[2], 0.5)
-    assert third in ("Guest 1", "Guest 2")  # the cap: no third guest
-    merging = GuestClusterer(threshold=0.99, merge_threshold=0.9, max_guests=5)
-    first = merging.assign(voices[0], 0.5)[0]
-    merging.assign(voices[0] + 0.2 * rng.normal(size=64), 0.5)  # a new guest, then merged into the first
-    assert len(merging.guests) == 1 and merging.current("Guest 2") == first == "Guest 1"
+    held_out = {f"v{i}": _windows(rng, v, 30) for i, v in enumerate(_voices(rng, 12))}
+    scales = measure_scales(held_out)
+    # a centroid of many windows is a cleaner sample of a voice than one window: its scale is higher
+    assert set(scales) == {"cluster_window", "cluster_centroid"}
+    assert scales["cluster_window"] < scales["cluster_centroid"]
+    assert Scales.of({"eer": 0.4, **scales}).measured
+    old = Scales.of({"eer": 0.4})
+    assert not old.measured and old.window == old.centroid == 0.4
+    with pytest.raises(ValueError):
+        measure_scales({"only": held_out["v0"]})
+
+
+def test_clustering_finds_the_speakers_without_being_told_how_many():
+    rng = np.random.default_rng(1)
+    scales = _scales(rng)
+    for n in (2, 4, 6):
+        voices = _voices(rng, n)
+        truth = np.repeat(np.arange(n), 40)
+        turns = rng.permutation(np.arange(n * 4)) % n  # each voice speaks in 4 turns of 10 windows
+        truth = np.concatenate([[v] * 10 for v in turns])
+        windows = np.stack([_windows(rng, voices[v], 1)[0] for v in truth])
+        found = cluster(windows, np.full(len(truth), 0.5), scales, min_speaker_s=2.0)
+        assert found.max() + 1 == n
+        # one cluster per voice: the labels are a renaming of the truth
+        assert len(set(zip(found.tolist(), truth.tolist()))) == n
+
+
+def _records(timeline, voices, rng, hop=0.5, window=2.0, noise=0.3):
+    """Windows over a timeline of (start, end, voice index): each window's embedding mixes the
+    voices it covers in proportion to their time in it, as a real window straddling a change does."""
+    end = timeline[-1][1]
+    out = []
+    t = 0.0
+    while t + window <= end + 1e-9:
+        share = np.zeros(len(voices))
+        spans = []
+        for a, b, v in timeline:
+            overlap = max(0.0, min(b, t + window) - max(a, t))
+            share[v] += overlap
+            if overlap > 0:
+                spans.append((max(a, t), min(b, t + window)))
+        if share.sum() > 0:
+            x = normalize(share @ voices + noise * rng.normal(size=voices.shape[1]) / np.sqrt(voices.shape[1]))
+            out.append(WindowRecord(t, t + window, tuple(spans), x))
+        t += hop
+    return out
+
+
+def _turns(frames_, max_pause_s=1.0, min_turn_s=0.5):
+    out = []
+    builder = TurnBuilder(max_pause_s, min_turn_s, out.append)
+    for frame in frames_:
+        builder.push(frame)
+    builder.finish()
+    return [(t.speaker, round(t.start, 2), round(t.end, 2)) for t in out]
+
+
+def test_a_change_of_voice_is_placed_inside_the_window_not_on_its_edge():
+    rng = np.random.default_rng(2)
+    voices = _voices(rng, 2)
+    for change in (5.0, 5.1, 5.3, 5.4):
+        records = _records([(0.0, change, 0), (change, 11.0, 1)], voices, rng)
+        turns = _turns(frames(records, voices, 0.0, 11.0))
+        assert [t[0] for t in turns] == [0, 1]
+        # windows are 2 s long and start every 0.5 s: the frames put the change within half a hop
+        # of where it is (a window's edge would be up to 1 s off, its centre up to 0.25 s + jitter)
+        assert abs(turns[0][2] - change) <= 0.25 + 1e-9 and turns[1][1] == turns[0][2], (change, turns)
+
+
+def _frames(spec):
+    """Frames from a string, one character per 0.1 s: a digit is a speaker, '.' is silence."""
+    return [Frame(i * FRAME_S, int(c) if c != "." else -1) for i, c in enumerate(spec)]
+
+
+def test_turns_bridge_short_pauses_absorb_blips_and_drop_short_turns():
+    # a pause of 0.5 s stays inside a turn, one of 1.5 s ends it; 0.3 s of another voice is a blip;
+    # 0.8 s of a voice is a turn; 0.3 s alone is not
+    spec = "0" * 20 + "." * 5 + "0" * 10 + "111" + "0" * 10 + "." * 15 + "1" * 20 + "0" * 8 + "1" * 3 + "." * 20 + "2" * 3
+    assert _turns(_frames(spec)) == [(0, 0.0, 4.8), (1, 6.3, 8.3), (0, 8.3, 9.1)]
+    # another voice holding min_turn_s takes over where it started
+    assert _turns(_frames("0" * 10 + "1" * 10)) == [(0, 0.0, 1.0), (1, 1.0, 2.0)]
+
+
+def test_live_clustering_keeps_labels_and_merges_a_split_voice():
+    rng = np.random.default_rng(3)
+    scales = _scales(rng)
+    voices = _voices(rng, 3)
+    clusterer = IncrementalClusterer(scales, min_speaker_s=2.0, max_speakers=10, context=20)
+    order = [0, 1, 2, 0, 1, 2, 0, 2, 1]
+    given = []
+    for v in order:
+        given.append([clusterer.add(w, 0.5) for w in _windows(rng, voices[v], 16)])
+    # after a turn's first few windows, every window of a voice gets that voice's one speaker number
+    settled = {v: {n for turn, w in zip(given, order) if w == v for n in turn[4:]} for v in range(3)}
+    assert all(len(numbers) == 1 for numbers in settled.values()), settled
+    assert len(set().union(*settled.values())) == 3
+    # a voice that came in as two speakers (its first windows too few to tell) is merged into one
+    split = IncrementalClusterer(scales, min_speaker_s=0.0, max_speakers=10, context=4)
+    first = [split.add(w, 0.5) for w in _windows(rng, voices[0], 4, noise=3.0)]
+    later = [split.add(w, 0.5) for w in _windows(rng, voices[0], 40)]
+    assert len(set(later[-10:])) == 1 and (len(set(first + later)) == 1 or split.merged)
+
+
+class _Roster:
+    """A gallery of one enrolled voice."""
+
+    def __init__(self, name, voiceprint):
+        self.name, self.voiceprint = name, voiceprint
+
+    def __call__(self):
+        return (self.name,), self.voiceprint[None, :]
+
+
+def _meeting(kind, scales, namer, tmp_path, **kw):
+    cfg = MeetingConfig()
+    return kind(cfg, scales, namer, 2.0, 0.5, "fp", tmp_path / "m.rttm", tmp_path / "m.guests.json", "m", **kw)
+
+
+def test_live_meeting_relabels_a_guest_that_turns_out_to_be_enrolled(tmp_path):
+    """Live: a voice is a guest until its centroid has enough windows to match an enrolled
+    voiceprint; then a relabel event renames its turns, and the RTTM carries the name."""
+    rng = np.random.default_rng(4)
+    scales = _scales(rng)
+    voices = _voices(rng, 2)
+    ann_print = _windows(rng, voices[1], 40).mean(axis=0)
+    namer = Namer(_Roster("ann", normalize(ann_print)), threshold=scales.centroid)
+    meeting = _meeting(LiveMeeting, scales, namer, tmp_path)
+    events = []
+    meeting.emit = events.append
+    sinks = meeting.sinks()
+    for record in _records([(0.0, 6.0, 0), (6.0, 30.0, 1)], voices, rng, noise=0.6):
+        meeting.window(record, 0.5)
+        meeting.advance(record.end)
+    meeting.finish()
+    for event in events:
+        for sink in sinks:
+            sink.handle(event)
+    for sink in sinks:
+        sink.close()
+    labels = [e.label for e in events if isinstance(e, TurnEvent)]
+    assert labels[0] == "Guest 1" and labels[-1] == "ann", labels
+    relabels = [e for e in events if isinstance(e, RelabelEvent)]
+    # its first windows went out under a guest label (too few to match a voiceprint): renamed once
+    assert [(r.was, r.label) for r in relabels] == [("Guest 2", "ann")]
+    rttm = [line.split()[7] for line in (tmp_path / "m.rttm").read_text().splitlines()]
+    assert rttm[0] == "Guest_1" and set(rttm[1:]) == {"ann"}
+    # only the guest's windows are saved for enrolling later, owner-only
+    saved = json.loads((tmp_path / "m.guests.json").read_text())
+    assert [g["label"] for g in saved["guests"]] == ["Guest 1"] and not readable_by_others(tmp_path / "m.guests.json")
+
+
+def test_offline_meeting_names_clusters_after_clustering(tmp_path):
+    rng = np.random.default_rng(5)
+    scales = _scales(rng)
+    voices = _voices(rng, 3)
+    namer = Namer(_Roster("bob", normalize(_windows(rng, voices[2], 40).mean(axis=0))), threshold=scales.centroid)
+    meeting = _meeting(OfflineMeeting, scales, namer, tmp_path)
+    events = []
+    meeting.emit = events.append
+    timeline = [(0.0, 8.0, 0), (9.0, 17.0, 1), (18.0, 26.0, 2), (27.0, 35.0, 0)]
+    for record in _records(timeline, voices, rng):
+        assert meeting.window(record, 0.5) is None  # offline labels nothing until the end
+        meeting.advance(record.end)
+    assert events == []
+    meeting.finish()
+    turns = [(e.label, round(e.start), round(e.end)) for e in events]
+    assert turns == [("Guest 1", 0, 8), ("Guest 2", 9, 17), ("bob", 18, 26), ("Guest 1", 27, 35)], turns
+
+
+def test_removed_meeting_keys_say_what_replaced_them(tmp_path):
+    with pytest.raises(ConfigError, match="meeting.guest_threshold.*thresholds from the model"):
+        from_dict({"meeting": {"guest_threshold": 0.7}})
+    with pytest.raises(ConfigError, match="max_speakers"):
+        from_dict({"meeting": {"max_guests": 4}})
+
+
+def test_relabel_events_have_a_stable_schema():
+    event = RelabelEvent(0.0, 61.02, "ann", "Guest 2", stream="room")
+    assert event.to_dict() == {"event": "relabel", "start": 0.0, "end": 61.02, "label": "ann", "was": "Guest 2",
+                               "stream": "room"}
 
 
 def test_rttm_lines_go_out_as_turns_close_and_guests_get_their_final_names(tmp_path):
@@ -84,17 +248,11 @@ def test_the_summary_is_kept_as_totals_under_final_labels():
     tally = TurnTally()
     for turn in turns:
         tally.add(turn)
-    final = tally.renamed(lambda label: "Guest 1" if label == "Guest 2" else label)
-    assert summary(final) == [("Guest 1", 3.0, 2, 0.75), ("ann", 1.0, 1, 0.25)]
-    assert summary(turns) == summary(tally)  # a list of turns still works
-
-
-def test_the_guests_file_is_owner_only(tmp_path):
-    clusterer = GuestClusterer(threshold=0.5, merge_threshold=0.9, max_guests=3)
-    clusterer.assign(np.ones(8), 0.5)
-    clusterer.save(tmp_path / "guests.json", "fp")
-    assert not readable_by_others(tmp_path / "guests.json")
-    assert json.loads((tmp_path / "guests.json").read_text())["guests"][0]["label"] == "Guest 1"
+    assert summary(turns) == summary(tally)  # a list of turns works too
+    tally.move("Guest 2", "Guest 1")  # a guest merged into another: all its turns
+    assert summary(tally) == [("Guest 1", 3.0, 2, 0.75), ("ann", 1.0, 1, 0.25)]
+    tally.move("ann", "Guest 1", 1.0)  # one turn relabelled
+    assert summary(tally) == [("Guest 1", 4.0, 3, 1.0)]
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +287,17 @@ def test_label_writes_an_rttm_close_to_the_reference(meeting):
     assert {r.split()[1] for r in meeting["rttm"].read_text().splitlines()} == {"standup"}
     der = DiarizationErrorRate(collar=0.25)(_annotation(meeting["turns"]), _annotation(hypothesis),
                                            uem=Segment(0, meeting["turns"][-1][1]))
-    # The base model's DER on meetings of unseen voices is 13-30 % (README, "Base model: measured");
-    # this bound catches a broken pipeline (a turn logic or RTTM error puts DER near or above 1).
-    assert der < 0.45, (der, hypothesis)
-    # enrolled voices by name, strangers as guests (how consistently: the meeting benchmark)
-    labels = {label for _, _, label in hypothesis}
-    assert set(SITE_ENROLLED) <= labels and any(label.startswith("Guest_") for label in labels), labels
-    assert all(_majority(hypothesis, meeting["turns"], who).startswith("Guest_") for who in GUESTS)
+    # The base model's offline DER on meetings of unseen voices: 5-17 % (README, "Meeting mode:
+    # measured"); 9 % here. A clustering, turn or RTTM fault gives far more.
+    assert der < 0.25, (der, hypothesis)
+    # Each voice is labelled by its own name or as a guest, never by another voice's name; 3005 is
+    # named. (533, the voice the base model recognises worst, may stay a consistent guest: a
+    # cluster takes a name only when most of its windows are accepted as that voice.)
+    voices = (*SITE_ENROLLED, *GUESTS)
+    majority = {who: _majority(hypothesis, meeting["turns"], who) for who in voices}
+    assert majority["3005"] == "3005", majority
+    assert all(label == who or label.startswith("Guest_") for who, label in majority.items()), majority
+    assert len(set(majority.values())) == len(voices), majority  # four voices, four labels
     assert "meeting summary" in meeting["output"] and "share" in meeting["output"]
 
 
@@ -177,20 +339,34 @@ def test_a_guest_can_be_enrolled_under_a_real_name(meeting, site, tmp_path):
     assert missing.returncode != 0 and "no 'Guest 99'" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_virtual_microphone_gives_the_same_turns(meeting, site, mic):
+def _final_turns(events: list[dict], offset: float = 0.0) -> list[tuple[float, float, str]]:
+    """Turn events with every relabel event applied: the labels a consumer ends up with."""
+    turns: list[list] = []
+    for e in events:
+        if e["event"] == "turn":
+            turns.append([e["start"] - offset, e["end"] - offset, e["label"]])
+        elif e["event"] == "relabel":
+            for turn in turns:
+                if turn[2] == e["was"] and e["start"] - offset <= turn[0] <= e["end"] - offset:
+                    turn[2] = e["label"]
+    return [tuple(t) for t in turns]
+
+
+def test_live_meeting_through_the_virtual_microphone_agrees_with_offline(meeting, site, mic):
     events = meeting["root"] / "mic.jsonl"
     stderr, offset = play_to_daemon(mic, meeting["wav"], events, "--meeting", "--model", site["model"], "--config",
                                     str(site["config"]))
     assert "meeting summary" in stderr
-    live = [(e["start"] - offset, e["end"] - offset, e["label"]) for e in conversation.read_events(events)
-            if e["event"] == "turn"]
-    offline = [(e["start"], e["end"], e["label"]) for e in conversation.read_events(meeting["events"])
-               if e["event"] == "turn"]
-    # The offline turns, scored as a diarization of the live ones (optimal label mapping, so guest
-    # numbering may differ), with a collar of one hop. Through a microphone the window grid sits a
-    # fraction of a hop off the file's, so near-tied windows and the online guest clustering tip
-    # differently: 0.27 measured with the base model. The README states this bound; a pipeline
-    # fault (lost audio, broken turn logic) gives far more.
+    received = conversation.read_events(events)
+    live = _final_turns(received, offset)
+    offline = _final_turns(conversation.read_events(meeting["events"]))
+    # Live turns (after relabels) scored as a diarization of the offline ones, with optimal label
+    # mapping and a collar of one hop. Live clusters what it has heard so far and labels frames
+    # one window behind the audio; offline clusters the whole recording: they differ where the
+    # live clustering had too little of a voice yet. README ("Live and offline") states this bound.
     disagreement = DiarizationErrorRate(collar=0.5)(_annotation(offline), _annotation(live),
                                                     uem=Segment(0, meeting["turns"][-1][1]))
     assert disagreement < 0.35, (disagreement, offline, live)
+    # a turn goes out a window length and a short turn's worth after the voice changed, not later
+    lags = [e["confirmed"] - e["end"] for e in received if e["event"] == "turn"]
+    assert lags and max(lags) < 2.0 + 1.0 + 0.5 + 0.5, lags  # window + max_pause_s + min_turn_s + a hop

@@ -3,7 +3,8 @@
 A general encoder has no trained speakers: its file carries no labels, and its thresholds are
 measured the way the daemon scores, on the voices the run held out (never the unseen test set):
 a window against the voiceprint of the rest of its voice (``eer``, ``far1``), and the enrollment
-agreement statistic of one voice against two voices mixed (``consistency``).
+agreement statistic of one voice against two voices mixed (``consistency``), and the two
+clustering scales of meeting mode (``models.clustering.measure_scales``).
 
 The weights are stored as fp16 with a Cast to float32 in front of each (ONNX Runtime folds the
 casts when the session is built): the file stays under the 50 MB a shipped model may weigh, and
@@ -31,6 +32,7 @@ from torch import nn
 from spkrec.models import __version__
 from spkrec.models.artifact import ModelInfo
 from spkrec.models.calibration import verification
+from spkrec.models.clustering import measure_scales
 from spkrec.models.engine import Engine
 from spkrec.models.errors import ModelError
 from spkrec.models.scoring import mean_embedding, normalize
@@ -163,7 +165,7 @@ def export_base(weights: Path, corpus: Path, out: Path, log=print) -> ModelInfo:
     # Centring and unit length happen inside the network; the embeddings are as the daemon sees them.
     cal = calibrate(per_voice)
     consistency, consistency_report = consistency_threshold(per_voice)
-    thresholds = {"eer": cal["eer"], "far1": cal["far1"], "consistency": consistency}
+    thresholds = {"eer": cal["eer"], "far1": cal["far1"], "consistency": consistency, **measure_scales(per_voice)}
     log(f"held-out voices: window EER {cal['window_eer']:.2%}, thresholds {json.dumps(thresholds)}")
     training = {
         "spkrec_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -34,7 +34,8 @@ def voice_windows(embed: Callable[[np.ndarray], np.ndarray], voices: Mapping[str
     """Window embeddings at ``hop`` of each voice's recordings, in order: what measure_scales takes."""
     out = {}
     for voice, recordings in voices.items():
-        parts = [embed(frame_windows(audio, window, hop)) for audio in recordings if audio.size >= window]
+        windows = [frame_windows(audio, window, hop) for audio in recordings if audio.size >= window]
+        parts = [embed(w[i:i + 16]) for w in windows for i in range(0, len(w), 16)]
         if parts:
             out[voice] = np.concatenate(parts)
     return out
@@ -44,7 +45,7 @@ def stamp_scales(model_path: Path, voices: Mapping[str, list[Path]], out: Path) 
     engine = Engine(model_path, "cpu")
     info = engine.info
     audio = {v: [load_audio(p, info.sample_rate) for p in paths] for v, paths in voices.items()}
-    per_voice = voice_windows(lambda w: engine.embed_windows(w), audio, info.window_samples, info.hop_samples)
+    per_voice = voice_windows(engine.embed, audio, info.window_samples, info.hop_samples)
     scales = measure_scales(per_voice)
     model = onnx.load(str(model_path))
     meta = {p.key: p.value for p in model.metadata_props}

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from spkrec.models import __version__
 from spkrec.models.artifact import ModelInfo
+from spkrec.models.clustering import measure_scales
 from spkrec.models.config import Config, TrainConfig
 from spkrec.models.errors import DataError
 from spkrec.models.scoring import normalize
@@ -32,6 +33,7 @@ from . import distributed, pretrained
 from .augment import Augmenter
 from .evaluate import Embedded, embed_clips, evaluate, open_set_eer, prototypes, save_confusion_png
 from .export import check_parity, export_onnx
+from .scales import voice_windows
 from .distributed import Group
 from .features import SpecAugment
 from .loader import RunBatches, auto_workers, batch_loader
@@ -397,6 +399,19 @@ def center(net: SpeakerNet, embedded: list[Embedded]) -> list[Embedded]:
     return [Embedded(e.label, normalize(e.windows - mean)) for e in embedded]
 
 
+def _clustering_scales(embed, clips: list[datasets.Clip], window: int, hop: int) -> dict[str, float]:
+    """Meeting mode's two clustering thresholds (models.clustering), measured on the run's
+    voices; none when they have too little audio (the daemon then falls back to ``eer`` and
+    says so)."""
+    voices: dict[str, list[np.ndarray]] = {}
+    for clip in clips:
+        voices.setdefault(clip.label, []).append(clip.samples)
+    try:
+        return measure_scales(voice_windows(embed, voices, window, hop))
+    except ValueError:
+        return {}
+
+
 def finish(net: SpeakerNet, device: torch.device, run_dir: Path, cfg: Config, labels: list[str],
            train_clips: list[datasets.Clip], val_clips: list[datasets.Clip], train_summary: dict,
            source: str, history: list[dict], steps: int, console: Console, group: Group = Group()) -> RunResult:
@@ -415,6 +430,9 @@ def finish(net: SpeakerNet, device: torch.device, run_dir: Path, cfg: Config, la
     if "thresholds" not in metrics:
         calibration_set = "training (no validation files)"
         metrics["thresholds"] = evaluate(train_embedded, labels, protos)["thresholds"]  # >= 2 speakers: always set
+    with console.status("measuring clustering scales for meeting mode ..."):
+        metrics["thresholds"].update(_clustering_scales(embed, val_clips or train_clips, window,
+                                                        int(round(t.hop_s * t.sample_rate))))
     metrics.update(pretrained=source, calibrated_on=calibration_set, history=history,
                    processes={"world_size": group.world_size, "backend": group.backend or "none", "device": str(device)},
                    recipe={k: v for k, v in dataclasses.asdict(t).items() if k != "augment"},

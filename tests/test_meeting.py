@@ -370,3 +370,24 @@ def test_live_meeting_through_the_virtual_microphone_agrees_with_offline(meeting
     # a turn goes out a window length and a short turn's worth after the voice changed, not later
     lags = [e["confirmed"] - e["end"] for e in received if e["event"] == "turn"]
     assert lags and max(lags) < 2.0 + 1.0 + 0.5 + 0.5, lags  # window + max_pause_s + min_turn_s + a hop
+
+
+def test_clustering_scales_are_stamped_into_a_model_without_changing_its_voiceprints(base_model, tmp_path):
+    """`python -m spkrec.training.scales`: the scales measured on recordings go into the metadata;
+    the graph, and so the fingerprint enrolled voiceprints are tied to, stay the same."""
+    import subprocess
+    import sys
+
+    from spkrec.models.engine import Engine
+
+    out = tmp_path / "stamped.onnx"
+    voices = [str(f) for who in ("1688", "2033", "3331") for f in speaker_files(who)[:2]]
+    done = subprocess.run([sys.executable, "-m", "spkrec.training.scales", str(base_model), "--voices", *voices,
+                           "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    before, after = Engine(base_model, "cpu").info, Engine(out, "cpu").info
+    assert after.fingerprint == before.fingerprint
+    assert {k: after.thresholds[k] for k in ("eer", "far1")} == {k: before.thresholds[k] for k in ("eer", "far1")}
+    scales = Scales.of(after.thresholds)
+    assert scales.measured and -1 < scales.window < scales.centroid < 1
+    assert after.training["clustering_scales"]["measured_on"] == ["1688", "2033", "3331"]

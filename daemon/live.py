@@ -167,7 +167,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
                               Windower(info.sample_rate, window_s, hop_s), decider, state, name=spec.name, demo=demo))
         points.append(point)
     roster.report = streams[0].emit  # from the pipeline thread, which reads the roster
-    meeting = _meeting(args, cfg, info, Namer(roster, points[0].threshold), window_s, hop_s, streams[0].source.name)
+    meeting = _meeting(args, cfg, info, Namer(roster, points[0].threshold, cfg.stream.smoothing), window_s, hop_s, streams[0].source.name)
     duration = sum(getattr(s.source, "duration_s", 0.0) for s in streams)
     shared = _shared_sinks(args, cfg, [s.state for s in streams], points[0].threshold, duration, console)
     for stream, point in zip(streams, points):

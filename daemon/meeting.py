@@ -27,7 +27,7 @@ from typing import Callable, Iterable, TextIO
 
 import numpy as np
 
-from spkrec.models.clustering import SEGMENT_WINDOWS, Scales, centroids_of, cluster
+from spkrec.models.clustering import SEGMENT_WINDOWS, Scales, by_first_appearance, centroids_of, cluster
 from spkrec.models.config import MeetingConfig
 from spkrec.models.private import open_private
 from spkrec.models.scoring import normalize
@@ -298,9 +298,7 @@ class OfflineMeeting(Meeting):
             apart = float(normalize(embeddings[rest].mean(axis=0)) @ normalize(embeddings[kept].mean(axis=0)))
             if apart < self.scales.centroid:
                 out[rest] = out.max() + 1
-        _, first = np.unique(out, return_index=True)
-        order = {c: r for r, c in enumerate(out[np.sort(first)])}
-        return np.array([order[c] for c in out], int)
+        return by_first_appearance(out)
 
     def guests(self) -> list[tuple[str, np.ndarray, float]]:
         if self.clusters is None:

@@ -145,9 +145,14 @@ def fold_small(sums: np.ndarray, labels: np.ndarray, weights: np.ndarray, min_we
     small = ~np.isin(labels, large)
     if small.any():
         out[small] = large[np.argmax(normalize(sums[small]) @ centroids.T, axis=1)]
-    _, first = np.unique(out, return_index=True)
-    order = {k: r for r, k in enumerate(out[np.sort(first)])}
-    return np.array([order[k] for k in out], int)
+    return by_first_appearance(out)
+
+
+def by_first_appearance(labels: np.ndarray) -> np.ndarray:
+    """Cluster indices renumbered 0, 1, ... in the order they first occur (guest numbers follow it)."""
+    _, first = np.unique(labels, return_index=True)
+    order = {k: r for r, k in enumerate(labels[np.sort(first)])}
+    return np.array([order[k] for k in labels], int)
 
 
 def centroids_of(sums: np.ndarray, labels: np.ndarray) -> np.ndarray:

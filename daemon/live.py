@@ -167,7 +167,13 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
                               Windower(info.sample_rate, window_s, hop_s), decider, state, name=spec.name, demo=demo))
         points.append(point)
     roster.report = streams[0].emit  # from the pipeline thread, which reads the roster
-    meeting = _meeting(args, cfg, info, Namer(roster, points[0].threshold, cfg.stream.smoothing), window_s, hop_s, streams[0].source.name)
+    namer = Namer(roster, points[0].threshold, cfg.stream.smoothing)
+    meeting = _meeting(args, cfg, info, namer, window_s, hop_s, streams[0].source.name)
+    if meeting is not None and not meeting.scales.measured:
+        warning = ("the model carries no clustering scales (exported before they existed): meetings cluster on "
+                   "its window eer and split voices more; python -m spkrec.training.scales stamps them")
+        console.print(f"[bold yellow]warning: {warning}[/]")
+        streams[0].notices.append(StatusEvent("warning", warning))
     duration = sum(getattr(s.source, "duration_s", 0.0) for s in streams)
     shared = _shared_sinks(args, cfg, [s.state for s in streams], points[0].threshold, duration, console)
     for stream, point in zip(streams, points):

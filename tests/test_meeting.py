@@ -391,3 +391,23 @@ def test_clustering_scales_are_stamped_into_a_model_without_changing_its_voicepr
     scales = Scales.of(after.thresholds)
     assert scales.measured and -1 < scales.window < scales.centroid < 1
     assert after.training["clustering_scales"]["measured_on"] == ["1688", "2033", "3331"]
+
+
+def test_a_model_without_clustering_scales_still_labels_and_says_why_it_may_split(base_model, tmp_path):
+    """A model exported before the scales existed falls back to its window eer, with a warning."""
+    import onnx
+
+    from spkrec.models.artifact import decode_metadata
+
+    model = onnx.load(str(base_model))
+    info = decode_metadata({p.key: p.value for p in model.metadata_props})
+    old = {k: v for k, v in info.thresholds.items() if not k.startswith("cluster_")}
+    for prop in model.metadata_props:
+        if prop.key == "spkrec.thresholds":
+            prop.value = json.dumps(old)
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    wav = tmp_path / "two.wav"
+    conversation.assemble([(speaker_files("1688")[0], "a"), (speaker_files("2033")[0], "b")], wav, gap_s=1.0)
+    done = spkrec("label", str(wav), "--rttm", str(tmp_path / "two.rttm"), "--model", str(tmp_path / "old.onnx"))
+    assert done.returncode == 0, done.stderr
+    assert "no clustering scales" in done.stderr and (tmp_path / "two.rttm").read_text().strip()

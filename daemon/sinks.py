@@ -15,7 +15,7 @@ from typing import Protocol, TextIO
 from spkrec.models.errors import SpkrecError
 from spkrec.models.private import open_private
 
-from .events import Event, SilenceEvent, SpeakerEvent, StatusEvent
+from .events import Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
 
 
 class Sink(Protocol):
@@ -106,6 +106,12 @@ class LogSink:
         elif isinstance(event, StatusEvent):
             extra = " ".join(f"{k}={v}" for k, v in event.details.items())
             self._line(event, f"status {event.state}: {event.message} {extra}".rstrip())
+        elif isinstance(event, TurnEvent):
+            self._line(event, f"[{event.confirmed:8.2f}s] turn {event.label} {event.start:.2f}-{event.end:.2f} s")
+        elif isinstance(event, RelabelEvent):
+            span = f"the turn at {event.start:.2f} s" if event.start == event.end else \
+                f"turns {event.start:.2f}-{event.end:.2f} s"
+            self._line(event, f"relabel {event.was} -> {event.label} ({span})")
 
     def close(self) -> None:
         pass

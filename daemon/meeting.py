@@ -320,12 +320,12 @@ class LiveMeeting(Meeting):
         self.labelled_to = 0.0  # frames before this went to the turn builder
         self.merges_seen = 0
         self.shown: set[str] = set()  # labels already sent (window or turn events): renaming them is news
-        self.spans: deque[tuple[float, float]] = deque(maxlen=context)  # of the clusterer's context windows
+        self.context: deque[WindowRecord] = deque(maxlen=context)  # the clusterer's context windows
         self.sent: deque[list] = deque()  # [start, end, label] of turns sent whose windows are still in context
 
     def window(self, record: WindowRecord, seconds: float) -> tuple[str, float]:
         number = self.clusterer.add(record.embedding, seconds)
-        self.spans.append((record.start, record.end))
+        self.context.append(record)
         self._follow_merges()
         self._name_speakers()
         self._revise_turns()
@@ -359,17 +359,20 @@ class LiveMeeting(Meeting):
         self.sent.append([turn.start, turn.end, self.current(self.names[turn.speaker])])
 
     def _revise_turns(self) -> None:
-        """A turn whose windows the clustering now gives mostly to another speaker is relabelled
-        on its own (the clustering changed its mind about those few seconds)."""
-        while self.sent and self.spans and self.sent[0][1] < self.spans[0][0]:
-            self.sent.popleft()  # its windows have left the context: its label is final
-        numbers = [n for _, _, n in self.clusterer.context]
-        centres = np.array([(a + b) / 2 for a, b in self.spans])
+        """A turn whose frames, scored again against today's centroids, now mostly belong to
+        another speaker is relabelled on its own (the clustering changed its mind about those
+        seconds). Only while all its windows are in the context; after that its label is final."""
+        while self.sent and self.context and self.sent[0][0] < self.context[0].start:
+            self.sent.popleft()
+        if not self.sent:
+            return
+        found = self.clusterer.centroids()
+        numbers, centroids = list(found), np.stack(list(found.values()))
         for turn in self.sent:
-            inside = [n for n, c in zip(numbers, centres) if turn[0] <= c <= turn[1]]
-            if not inside:
+            voiced = [f.speaker for f in frames(self.context, centroids, turn[0], turn[1]) if f.speaker >= 0]
+            if not voiced:
                 continue
-            number = Counter(inside).most_common(1)[0][0]
+            number = numbers[Counter(voiced).most_common(1)[0][0]]
             label = self.current(self.names.get(number) or self._label(number, None))
             if label != turn[2]:
                 self.emit(RelabelEvent(turn[0], turn[0], label, turn[2]))

@@ -59,6 +59,7 @@ class IncrementalClusterer:
         weights = np.array([self.speakers[n].seconds for n in numbers] + [s for _, s, _ in self.context])
         labels = agglomerate(rows, self.scales, self.max_speakers, sizes)
         labels = fold_small(rows, labels, weights, self.min_speaker_s)
+        labels = self._no_chaining(rows, sizes, labels, len(numbers))
         owner = self._owners(labels[:len(numbers)], numbers, labels[len(numbers):])
         self.context = deque((e, s, owner[k]) for (e, s, _), k in zip(self.context, labels[len(numbers):]))
         return self.context[-1][2]
@@ -82,6 +83,30 @@ class IncrementalClusterer:
         recent = [(e, s) for e, s, n in self.context if n == number]
         windows = list(speaker.kept) + [e.astype(np.float32) for e, _ in recent]
         return np.stack(windows[-KEEP_WINDOWS:]), speaker.seconds + sum(s for _, s in recent)
+
+    def _no_chaining(self, rows: np.ndarray, sizes: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+        """Two speakers end up in one cluster only when their own centroids clear the threshold
+        for their sizes; a cluster that joined them through recent windows between them (a
+        voice resembling both, a mixed window) is split again: its recent windows go to the
+        speaker they are closest to, and the speakers stay apart."""
+        labels = labels.copy()
+        unit = normalize(rows[:n])
+        for k in np.unique(labels[:n]):
+            members = np.flatnonzero(labels[:n] == k)
+            if members.size < 2:
+                continue
+            scores = unit[members] @ unit[members].T
+            limits = self.scales.threshold(np.minimum.outer(sizes[members], sizes[members]))
+            if (scores >= limits).all():
+                continue  # each pair is one voice on its own evidence: a merge
+            fresh = labels.max() + 1
+            for j, m in enumerate(members[1:], start=1):
+                labels[m] = fresh + j - 1
+            recent = n + np.flatnonzero(labels[n:] == k)
+            if recent.size:
+                nearest = np.argmax(normalize(rows[recent]) @ unit[members].T, axis=1)
+                labels[recent] = labels[members][nearest]
+        return labels
 
     def _owners(self, row_labels: np.ndarray, numbers: list[int], recent_labels: np.ndarray) -> dict[int, int]:
         """Cluster -> speaker number. A cluster holding settled speakers belongs to the oldest of

@@ -146,6 +146,23 @@ def test_live_clustering_keeps_labels_and_merges_a_split_voice():
     assert len(set(later[-10:])) == 1 and (len(set(first + later)) == 1 or split.merged)
 
 
+def test_live_speakers_are_not_merged_through_windows_that_sound_like_both():
+    """Recent windows halfway between two speakers may pull them into one cluster; the speakers
+    stay apart unless their own centroids clear the threshold, and each window goes to the
+    closer one. Two speakers whose own centroids do clear it are merged."""
+    a, b = np.eye(4)[0], np.eye(4)[1]
+    apart = normalize(a + 0.3 * b)  # cos to a: 0.96; to b: 0.29
+    clusterer = IncrementalClusterer(Scales(window=0.3, centroid=0.5), 2.0, 10, 12)
+    rows = np.stack([a * 20, b * 20, apart, normalize(a + b), normalize(0.3 * a + b)])
+    sizes = np.array([20, 20, 1, 1, 1])
+    one_cluster = np.zeros(5, int)
+    split = clusterer._no_chaining(rows, sizes, one_cluster, n=2)
+    assert split[0] != split[1]  # cos(a, b) = 0 < 0.5: not one voice on their own evidence
+    assert split[2] == split[0] and split[4] == split[1]  # each recent window to the closer speaker
+    alike = np.stack([a * 20, normalize(a + 0.1 * b) * 20, apart])
+    assert (clusterer._no_chaining(alike, np.array([20, 20, 1]), np.zeros(3, int), n=2) == 0).all()
+
+
 class _Roster:
     """A gallery of one enrolled voice."""
 

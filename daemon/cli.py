@@ -72,11 +72,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="hop between windows in seconds (default: the model's) [stream.hop_s]")
     _meeting_flags(p)
     p.add_argument("--meeting", action="store_true",
-                   help="meeting mode: speaker turns, guests for unknown voices, RTTM and a summary [meeting]")
+                   help="meeting mode: voices clustered as they come (relabel events when it changes its mind), "
+                        "turns, enrolled names and guests, RTTM and a summary [meeting]")
 
     p = sub.add_parser("label", parents=[common], help="label who spoke when in a recording (RTTM)",
-                       description="Meeting mode over a recording, as fast as possible: the live pipeline with "
-                                   "turns, guests for unknown voices, an RTTM file and a summary table.")
+                       description="Meeting mode over a whole recording: every voiced window is clustered at "
+                                   "once when the file ends (the number of speakers found, with the model's own "
+                                   "thresholds), turns on 0.1-s frames, enrolled names and guests, an RTTM file "
+                                   "and a summary table.")
     p.add_argument("input", metavar="FILE", help="the recording")
     _model_flags(p)
     _meeting_flags(p)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -39,8 +40,12 @@ class Speaker:
 
 
 class IncrementalClusterer:
-    def __init__(self, scales: Scales, min_speaker_s: float, max_speakers: int, context: int) -> None:
+    def __init__(self, scales: Scales, min_speaker_s: float, max_speakers: int, context: int,
+                 apart: Callable[[int, int], bool] = lambda a, b: False) -> None:
+        """``apart(a, b)``: speakers a and b are known to be two people (the caller names them
+        after two different enrolled voices); they are never merged."""
         self.scales, self.min_speaker_s, self.max_speakers = scales, min_speaker_s, max_speakers
+        self.apart = apart
         self.context: deque[tuple[np.ndarray, float, int]] = deque()  # (unit embedding, seconds, speaker number)
         self.size = context
         self.speakers: dict[int, Speaker] = {}
@@ -59,7 +64,7 @@ class IncrementalClusterer:
         weights = np.array([self.speakers[n].seconds for n in numbers] + [s for _, s, _ in self.context])
         labels = agglomerate(rows, self.scales, self.max_speakers, sizes)
         labels = fold_small(rows, labels, weights, self.min_speaker_s)
-        labels = self._no_chaining(rows, sizes, labels, len(numbers))
+        labels = self._no_chaining(rows, sizes, labels, numbers)
         owner = self._owners(labels[:len(numbers)], numbers, labels[len(numbers):])
         self.context = deque((e, s, owner[k]) for (e, s, _), k in zip(self.context, labels[len(numbers):]))
         return self.context[-1][2]
@@ -84,12 +89,13 @@ class IncrementalClusterer:
         windows = list(speaker.kept) + [e.astype(np.float32) for e, _ in recent]
         return np.stack(windows[-KEEP_WINDOWS:]), speaker.seconds + sum(s for _, s in recent)
 
-    def _no_chaining(self, rows: np.ndarray, sizes: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    def _no_chaining(self, rows: np.ndarray, sizes: np.ndarray, labels: np.ndarray, numbers: list[int]) -> np.ndarray:
         """Two speakers end up in one cluster only when their own centroids clear the threshold
-        for their sizes; a cluster that joined them through recent windows between them (a
-        voice resembling both, a mixed window) is split again: its recent windows go to the
-        speaker they are closest to, and the speakers stay apart."""
+        for their sizes and nobody knows them to be two people; a cluster that joined them
+        through recent windows between them (a voice resembling both, a mixed window) is split
+        again: its recent windows go to the speaker they are closest to, the speakers stay apart."""
         labels = labels.copy()
+        n = len(numbers)
         unit = normalize(rows[:n])
         for k in np.unique(labels[:n]):
             members = np.flatnonzero(labels[:n] == k)
@@ -97,7 +103,8 @@ class IncrementalClusterer:
                 continue
             scores = unit[members] @ unit[members].T
             limits = self.scales.threshold(np.minimum.outer(sizes[members], sizes[members]))
-            if (scores >= limits).all():
+            known_apart = any(self.apart(numbers[i], numbers[j]) for i in members for j in members if i < j)
+            if (scores >= limits).all() and not known_apart:
                 continue  # each pair is one voice on its own evidence: a merge
             fresh = labels.max() + 1
             for j, m in enumerate(members[1:], start=1):
@@ -132,9 +139,10 @@ class IncrementalClusterer:
                 owner[k] = self.counter
         for number in [n for n, s in self.speakers.items() if not s.size and n not in owner.values()]:
             taken = Counter(owner[k] for n, k in zip(before, recent_labels) if n == number)
-            if taken:  # its windows went to another speaker: the same voice
-                self._merge(number, into=taken.most_common(1)[0][0])
-            else:
+            into = taken.most_common(1)[0][0] if taken else None
+            if into is not None and not self.apart(number, into):  # its windows went to another: one voice
+                self._merge(number, into=into)
+            elif into is None:
                 del self.speakers[number]
         return owner
 

@@ -315,7 +315,8 @@ class LiveMeeting(Meeting):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         context = max(SEGMENT_WINDOWS, int(round(self.cfg.context_s / self.hop_s)))
-        self.clusterer = IncrementalClusterer(self.scales, self.cfg.min_speaker_s, self.cfg.max_speakers, context)
+        self.clusterer = IncrementalClusterer(self.scales, self.cfg.min_speaker_s, self.cfg.max_speakers, context,
+                                              apart=self._two_people)
         self.recent: deque[WindowRecord] = deque()  # windows that still cover frames not yet labelled
         self.labelled_to = 0.0  # frames before this went to the turn builder
         self.merges_seen = 0
@@ -390,11 +391,24 @@ class LiveMeeting(Meeting):
         if was in self.shown:
             self.emit(RelabelEvent(0.0, self.now, label, was))
 
+    def _two_people(self, a: int, b: int) -> bool:
+        """Speakers named after two different enrolled voices: the decision rule tells them apart."""
+        names = [self.names.get(n, "") for n in (a, b)]
+        return all(n and not n.startswith(GUEST_PREFIX + " ") for n in names) and names[0] != names[1]
+
     def _follow_merges(self) -> None:
+        """The merged speaker's turns take the survivor's label, or the survivor takes theirs
+        when it had none yet or was a guest and they carry an enrolled name."""
         for gone, into in self.clusterer.merged[self.merges_seen:]:
-            was = self.names.get(gone)  # kept: turns still open under the gone number resolve through it
-            if was is not None:
-                self._relabel(was, self.names.get(into) or self._label(into, None))
+            was, now = self.names.get(gone), self.names.get(into)  # ``gone`` kept: open turns resolve through it
+            if was is None:
+                continue
+            if now is None or (now.startswith(GUEST_PREFIX + " ") and not was.startswith(GUEST_PREFIX + " ")):
+                self.names[into] = was
+                if now is not None:
+                    self._relabel(now, was)
+            else:
+                self._relabel(was, now)
         self.merges_seen = len(self.clusterer.merged)
 
     def _name_speakers(self) -> None:

@@ -156,11 +156,14 @@ def test_live_speakers_are_not_merged_through_windows_that_sound_like_both():
     rows = np.stack([a * 20, b * 20, apart, normalize(a + b), normalize(0.3 * a + b)])
     sizes = np.array([20, 20, 1, 1, 1])
     one_cluster = np.zeros(5, int)
-    split = clusterer._no_chaining(rows, sizes, one_cluster, n=2)
+    split = clusterer._no_chaining(rows, sizes, one_cluster, [1, 2])
     assert split[0] != split[1]  # cos(a, b) = 0 < 0.5: not one voice on their own evidence
     assert split[2] == split[0] and split[4] == split[1]  # each recent window to the closer speaker
     alike = np.stack([a * 20, normalize(a + 0.1 * b) * 20, apart])
-    assert (clusterer._no_chaining(alike, np.array([20, 20, 1]), np.zeros(3, int), n=2) == 0).all()
+    assert (clusterer._no_chaining(alike, np.array([20, 20, 1]), np.zeros(3, int), [1, 2]) == 0).all()
+    # ... unless they are known to be two people (named after two enrolled voices)
+    clusterer.apart = lambda x, y: {x, y} == {1, 2}
+    assert len(set(clusterer._no_chaining(alike, np.array([20, 20, 1]), np.zeros(3, int), [1, 2])[:2])) == 2
 
 
 class _Roster:

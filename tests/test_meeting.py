@@ -383,7 +383,7 @@ def test_live_meeting_through_the_virtual_microphone_agrees_with_offline(meeting
     # Live turns (after relabels) scored as a diarization of the offline ones, with optimal label
     # mapping and a collar of one hop. Live clusters what it has heard so far and labels frames
     # one window behind the audio; offline clusters the whole recording: they differ where the
-    # live clustering had too little of a voice yet. README ("Live and offline") states this bound.
+    # live clustering had too little of a voice yet. README ("Meetings: who spoke when") states it.
     disagreement = DiarizationErrorRate(collar=0.5)(_annotation(offline), _annotation(live),
                                                     uem=Segment(0, meeting["turns"][-1][1]))
     assert disagreement < 0.35, (disagreement, offline, live)

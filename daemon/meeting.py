@@ -66,10 +66,14 @@ class Namer:
 
     def name(self, windows: np.ndarray) -> str | None:
         """The voice most of a speaker's windows are accepted as, if more than half are."""
-        votes = Counter(self.accepted(windows))
-        name, count = max(((n, c) for n, c in votes.items() if n is not None), key=lambda nc: nc[1],
-                          default=(None, 0))
-        return name if count * 2 > len(windows) else None
+        return self.vote(self.accepted(windows))
+
+    @staticmethod
+    def vote(accepted: list[str | None]) -> str | None:
+        """The name more than half of ``accepted`` (``accepted``'s output) agree on, else None."""
+        votes = Counter(a for a in accepted if a is not None)
+        name, count = votes.most_common(1)[0] if votes else (None, 0)
+        return name if count * 2 > len(accepted) else None
 
 
 class MeetingDecider:
@@ -290,7 +294,7 @@ class OfflineMeeting(Meeting):
         for k in range(int(labels.max()) + 1):
             members = np.flatnonzero(labels == k)
             accepted = self.namer.accepted(embeddings[members])
-            name = self.namer.name(embeddings[members])
+            name = self.namer.vote(accepted)  # scored once, not again by name()
             rest = members[[a != name for a in accepted]]
             if name is None or seconds[rest].sum() < self.cfg.min_speaker_s:
                 continue

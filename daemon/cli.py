@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spkrec.models import __version__
-from spkrec.models.config import Config, load_config
+from spkrec.models.config import FLAG, Config, load_config
 from spkrec.models.errors import SpkrecError
 
 Handler = Callable[[argparse.Namespace, Config], int]
@@ -29,7 +30,8 @@ TRAIN_MODULES = {"torch", "torchaudio", "torchvision", "onnx", "matplotlib"}
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, metavar="PATH",
-                        help="config file (default: $SPKREC_CONFIG, ./config.toml, ~/.config/spkrec/config.toml)")
+                        help="config file (default: $SPKREC_CONFIG, $XDG_CONFIG_HOME/spkrec/config.toml, "
+                             "/etc/spkrec/config.toml; `spkrec config` shows which)")
     return common
 
 
@@ -131,8 +133,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     p = sub.add_parser("devices", parents=[common], help="list audio input devices",
                        description="List the audio input devices PortAudio sees, with their default sample rates.")
+
+    p = sub.add_parser("config", parents=[common], help="print the configuration in force, and where each value came from",
+                       description="Print the merged configuration as TOML: the packaged defaults, the config file "
+                                   "found (--config, $SPKREC_CONFIG, $XDG_CONFIG_HOME/spkrec/config.toml, "
+                                   "/etc/spkrec/config.toml: the first that exists) and flags, each key followed by "
+                                   "where its value came from. Exits 2 with one line if the configuration is invalid.")
+    p.add_argument("--plain", action="store_true", help="TOML only, without the origin comments")
     return {"identify": cmd_identify, "live": cmd_live, "devices": cmd_devices, "enroll": cmd_enroll,
-            "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate, "label": cmd_label}
+            "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate, "label": cmd_label, "config": cmd_config}
 
 
 def _meeting_flags(p: argparse.ArgumentParser) -> None:
@@ -373,6 +382,24 @@ def cmd_calibrate(args: argparse.Namespace, cfg: Config) -> int:
     gallery.set_calibration(engine.info.fingerprint, {**result.to_dict(), "door": visits.__dict__})
     print(f"stored threshold {result.threshold:.3f} and door threshold {visits.threshold:.3f} in {cfg.gallery_path()} "
           "(used where decision.operating_point is 'auto' or 'calibrated')")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.models.config import SYSTEM_CONFIG, to_toml, user_config
+
+    if not args.plain:
+        searched = ["--config" if args.config else None, "$SPKREC_CONFIG" if os.environ.get("SPKREC_CONFIG") else None,
+                    str(user_config()), str(SYSTEM_CONFIG)]
+        print(f"# spkrec {__version__}: the packaged defaults"
+              + (f", merged with {cfg.file}" if cfg.file else " (no config file found)")
+              + (", and command-line flags" if FLAG in cfg.origins.values() else ""))
+        print(f"# looked for: {', '.join(s for s in searched if s)} (the first that exists is used)")
+        stray = Path("config.toml")
+        if stray.is_file() and (cfg.file is None or stray.resolve() != cfg.file.resolve()):
+            print(f"# ./config.toml is not read from the working directory; pass --config {stray} to use it")
+        print()
+    print(to_toml(cfg, origins=not args.plain), end="")
     return 0
 
 

@@ -4,13 +4,17 @@ The dataclass defaults below are the packaged defaults; the top-level ``config.t
 the same values with a comment per key (a test keeps the two equal). A user's file need only
 hold the keys it changes: it is merged over these defaults.
 
-Lookup order: ``--config PATH``, then ``$SPKREC_CONFIG``, then ``./config.toml``, then
-``~/.config/spkrec/config.toml``; with none found, the defaults alone.
+Lookup order: ``--config PATH``, then ``$SPKREC_CONFIG``, then
+``$XDG_CONFIG_HOME/spkrec/config.toml`` (``~/.config/...``), then ``/etc/spkrec/config.toml``;
+the first one found is merged over the defaults; with none, the defaults alone. A ``config.toml``
+that happens to sit in the working directory is never read: a service started from some folder
+must not change its behaviour because of a file it was not pointed at.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -19,6 +23,9 @@ from pathlib import Path
 from typing import Any, Mapping, get_type_hints
 
 from .errors import ConfigError
+
+SYSTEM_CONFIG = Path("/etc/spkrec/config.toml")
+FLAG = "command line"  # the origin of a value set by a flag
 
 
 def _opt(default: Any, *, lo: float | None = None, hi: float | None = None,
@@ -126,6 +133,17 @@ class DoorConfig:
 
 
 @dataclass
+class LogConfig:
+    level: str = _opt("info", choices=("debug", "info", "warning", "error"))
+
+
+@dataclass
+class MetricsConfig:
+    listen: str = _opt("")
+    stale_s: float = _opt(30.0, lo=1.0, hi=86400.0)
+
+
+@dataclass
 class InputConfig:
     """One named input of a daemon that serves several (``[inputs.NAME]``)."""
 
@@ -199,8 +217,14 @@ class Config:
     meeting: MeetingConfig = field(default_factory=MeetingConfig)
     door: DoorConfig = field(default_factory=DoorConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inputs: dict = field(default_factory=dict, metadata={"table_of": InputConfig})  # name -> InputConfig
+
+    def __post_init__(self) -> None:
+        self.file: Path | None = None  # the config file merged over the defaults, if any
+        self.origins: dict[str, str] = {}  # dotted key -> the file or flag that set it; absent = the default
 
     def door_for(self, stream: str) -> DoorConfig:
         """``[door]`` with this input's ``[inputs.NAME.door]`` keys over it: each door its policy."""
@@ -263,8 +287,9 @@ _REMOVED = {"meeting.guest_threshold": _CLUSTERING, "meeting.merge_threshold": _
             "meeting.change_windows": "turn boundaries come from 0.1-s frames now; delete the line"}
 
 
-def _merge(obj: Any, data: Mapping[str, Any], prefix: str) -> None:
-    """Write ``data`` into dataclass ``obj`` in place, validating every key."""
+def _merge(obj: Any, data: Mapping[str, Any], prefix: str, origins: dict | None = None, origin: str = "") -> None:
+    """Write ``data`` into dataclass ``obj`` in place, validating every key; each key set is
+    recorded in ``origins`` as coming from ``origin`` (what `spkrec config` shows)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config key '{prefix.rstrip('.')}' must be a table")
     hints = get_type_hints(type(obj))
@@ -283,9 +308,12 @@ def _merge(obj: Any, data: Mapping[str, Any], prefix: str) -> None:
         elif meta.get("overrides"):
             setattr(obj, name, _overrides_of(meta["overrides"], value, key))
         elif dataclasses.is_dataclass(current):
-            _merge(current, value, key + ".")
+            _merge(current, value, key + ".", origins, origin)
+            continue
         else:
             setattr(obj, name, _check_value(key, value, hints[name], fields[name].metadata))
+        if origins is not None:
+            origins[key] = origin
 
 
 def _named_tables(kind: type, data: Any, key: str) -> dict:
@@ -325,6 +353,8 @@ def _validate_relations(cfg: Config) -> None:
             url = getattr(door, key)
             if url and not url.startswith(("http://", "https://")):
                 raise ConfigError(f"config key '{prefix}.{key}' must be an http:// or https:// URL, got {url!r}")
+    if cfg.metrics.listen:
+        listen_address(cfg.metrics.listen)
     for name, entry in cfg.inputs.items():
         if bool(entry.device) == bool(entry.file):
             raise ConfigError(f"config table 'inputs.{name}' needs exactly one of 'device' or 'file'")
@@ -333,6 +363,14 @@ def _validate_relations(cfg: Config) -> None:
     for key, pair in (("train.augment.snr_db", t.augment.snr_db), ("train.augment.rt60_s", t.augment.rt60_s)):
         if not all(isinstance(v, (int, float)) for v in pair) or pair[0] > pair[1]:
             raise ConfigError(f"config key '{key}' must be [low, high] numbers with low <= high, got {pair!r}")
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"`` / ``"[::1]:9464"`` / ``":9464"`` (every interface) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"config key 'metrics.listen' must be HOST:PORT, e.g. \"127.0.0.1:9464\", got {value!r}")
+    return host.strip("[]"), int(port)
 
 
 def find_config(explicit: str | Path | None = None) -> Path | None:
@@ -348,10 +386,16 @@ def find_config(explicit: str | Path | None = None) -> Path | None:
         if not path.is_file():
             raise ConfigError(f"config file named by SPKREC_CONFIG not found: {path}")
         return path
-    for candidate in (Path("config.toml"), Path.home() / ".config" / "spkrec" / "config.toml"):
+    for candidate in (user_config(), SYSTEM_CONFIG):
         if candidate.is_file():
             return candidate
     return None
+
+
+def user_config() -> Path:
+    """``$XDG_CONFIG_HOME/spkrec/config.toml``, XDG's default being ``~/.config``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "spkrec" / "config.toml"
 
 
 def load_config(explicit: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -365,7 +409,8 @@ def load_config(explicit: str | Path | None = None, overrides: Mapping[str, Any]
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        _merge(cfg, data, "")
+        _merge(cfg, data, "", cfg.origins, str(path))
+        cfg.file = path
     apply_overrides(cfg, overrides or {})
     return cfg
 
@@ -379,7 +424,7 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> None:
         nested: dict[str, Any] = {name: value}
         for section in reversed(sections):
             nested = {section: nested}
-        _merge(cfg, nested, "")
+        _merge(cfg, nested, "", cfg.origins, FLAG)
     _validate_relations(cfg)
 
 
@@ -393,3 +438,45 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     _merge(cfg, data, "")
     _validate_relations(cfg)
     return cfg
+
+
+def to_toml(cfg: Config, origins: bool = True) -> str:
+    """The configuration as TOML that loads back to the same values, each key followed by where
+    its value came from (``# default``, a file, the command line) when ``origins``."""
+    lines: list[str] = []
+    _toml_table(lines, "", dataclasses.asdict(cfg), cfg.origins if origins else None)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _toml_table(lines: list[str], prefix: str, table: Mapping[str, Any], origins: Mapping[str, str] | None) -> None:
+    leaves = {k: v for k, v in table.items() if not isinstance(v, Mapping)}
+    if prefix and (leaves or not table):
+        lines += ["", f"[{prefix}]"]
+    for name, value in leaves.items():
+        text = f"{name} = {_toml_value(value)}"
+        if origins is not None:
+            key = prefix + "." + name if prefix else name
+            source = next((origins[k] for k in _ancestors(key) if k in origins), "default")
+            text = f"{text:<40} # {source}"
+        lines.append(text)
+    for name, value in table.items():
+        if isinstance(value, Mapping):
+            _toml_table(lines, f"{prefix}.{name}" if prefix else name, value, origins)
+
+
+def _ancestors(key: str) -> list[str]:
+    """'inputs.front.door.wins' -> itself, then 'inputs.front.door', 'inputs.front', 'inputs'."""
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")

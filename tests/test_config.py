@@ -4,7 +4,7 @@ import tomllib
 
 import pytest
 
-from spkrec.models.config import Config, apply_overrides, load_config
+from spkrec.models.config import Config, apply_overrides, from_dict, load_config
 from spkrec.models.errors import ConfigError
 
 from conftest import REPO, spkrec
@@ -50,17 +50,51 @@ def test_bad_values_name_their_key(tmp_path, text, key):
         load_config(path)
 
 
-def test_lookup_order_env_then_cwd(tmp_path, monkeypatch):
-    env_file = tmp_path / "env.toml"
-    env_file.write_text("[train]\nepochs = 11\n")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    (cwd / "config.toml").write_text("[train]\nepochs = 12\n")
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("SPKREC_CONFIG", str(env_file))
+def test_lookup_order_flag_env_xdg_etc_and_never_the_working_directory(tmp_path, monkeypatch):
+    """--config > $SPKREC_CONFIG > $XDG_CONFIG_HOME/spkrec/config.toml > /etc/spkrec/config.toml."""
+    from spkrec.models import config as config_module
+
+    files = {}
+    for name, epochs in (("flag", 10), ("env", 11), ("xdg", 12), ("etc", 13), ("cwd", 14)):
+        files[name] = tmp_path / name / ("spkrec" if name == "xdg" else "") / "config.toml"
+        files[name].parent.mkdir(parents=True, exist_ok=True)
+        files[name].write_text(f"[train]\nepochs = {epochs}\n")
+    monkeypatch.chdir(files["cwd"].parent)
+    monkeypatch.setenv("SPKREC_CONFIG", str(files["env"]))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", files["etc"])
+    assert load_config(files["flag"]).train.epochs == 10
     assert load_config().train.epochs == 11
     monkeypatch.delenv("SPKREC_CONFIG")
     assert load_config().train.epochs == 12
+    files["xdg"].unlink()
+    cfg = load_config()
+    assert cfg.train.epochs == 13 and cfg.file == files["etc"]
+    files["etc"].unlink()
+    cfg = load_config()
+    assert cfg.train.epochs == Config().train.epochs and cfg.file is None  # ./config.toml was not read
+
+
+def test_spkrec_config_prints_the_merged_values_and_their_origins(tmp_path):
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[model]\nthreads = 3\n[inputs.front]\ndevice = "USB"\n[inputs.front.door]\nwins = 2\n')
+    (tmp_path / "config.toml").write_text("[train]\nepochs = 99\n")  # a stray file in the working directory
+    done = spkrec("config", "--config", str(mine), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(re.fullmatch(rf"threads = 3 +# {re.escape(str(mine))}", line) for line in lines), done.stdout
+    assert any(re.fullmatch(r"provider = \"auto\" +# default", line) for line in lines)
+    assert any(re.fullmatch(rf"wins = 2 +# {re.escape(str(mine))}", line) for line in lines)
+    assert "./config.toml is not read" in done.stdout
+    printed = tomllib.loads(done.stdout)  # the output is TOML that loads back to the same configuration
+    assert from_dict(printed) == load_config(mine)
+    assert printed["train"]["epochs"] == Config().train.epochs
+    plain = spkrec("config", "--plain", "--config", str(mine), cwd=tmp_path)
+    assert "#" not in plain.stdout and tomllib.loads(plain.stdout) == printed
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[metrics]\nlisten = "localhost"\n')
+    done = spkrec("config", "--config", str(bad))
+    assert done.returncode == 2 and "'metrics.listen'" in done.stderr and len(done.stderr.splitlines()) == 1
 
 
 def test_flags_override_and_are_validated():

@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "windows with ONNX Runtime and show live speaker labels. With no model configured "
                                    "the shipped base model is used. With no microphone on an interactive terminal "
                                    "and no input configured, or with --demo, a demo conversation plays instead.")
+    p.add_argument("--version", action="version", version=f"spkrec {__version__}")
     p.add_argument("--device", dest="devices", action="append", metavar="[NAME=]ID",
                    help="input device index or name substring (`spkrec devices`); repeat to serve several "
                         "microphones at once, NAME= names the stream [audio.device, inputs.NAME.device]")
@@ -67,7 +68,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "carry \"demo\": true")
     _model_flags(p)
     p.add_argument("--events", metavar="FILE", help="append JSON-lines events to FILE ('-' = stdout)")
-    p.add_argument("--no-ui", action="store_true", help="plain log lines on stderr instead of the terminal UI")
+    p.add_argument("--no-ui", action="store_true",
+                   help="log lines on stderr (ISO time and level; journald's priorities under systemd) instead of "
+                        "the terminal UI: for a service")
+    p.add_argument("--metrics", dest="metrics.listen", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics and /health here, '' = off [metrics.listen]")
+    p.add_argument("--log-level", dest="log.level", choices=("debug", "info", "warning", "error"),
+                   help="with --no-ui: the least important lines logged; debug logs every scored window [log.level]")
     p.add_argument("--window", dest="stream.window_s", type=float, metavar="S",
                    help="scored window in seconds (default: the model's) [stream.window_s]")
     p.add_argument("--hop", dest="stream.hop_s", type=float, metavar="S",
@@ -134,6 +141,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("devices", parents=[common], help="list audio input devices",
                        description="List the audio input devices PortAudio sees, with their default sample rates.")
 
+    p = sub.add_parser("door", parents=[common], help="operate the door hook: `spkrec door test NAME`",
+                       description="test NAME: fire the configured door hook once with a synthetic grant for NAME "
+                                   "(reason \"test\"), through the same chain as a real one: audit log, second factor, "
+                                   "lock command, webhook. Exit 0 when the lock was actuated, 1 when a hook failed.")
+    p.add_argument("action", choices=("test",))
+    p.add_argument("name", help="an authorised name ([door] authorized)")
+    p.add_argument("--stream", metavar="INPUT", default="",
+                   help="use the door of [inputs.INPUT] (its [inputs.INPUT.door] keys over [door])")
+
     p = sub.add_parser("config", parents=[common], help="print the configuration in force, and where each value came from",
                        description="Print the merged configuration as TOML: the packaged defaults, the config file "
                                    "found (--config, $SPKREC_CONFIG, $XDG_CONFIG_HOME/spkrec/config.toml, "
@@ -141,7 +157,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "where its value came from. Exits 2 with one line if the configuration is invalid.")
     p.add_argument("--plain", action="store_true", help="TOML only, without the origin comments")
     return {"identify": cmd_identify, "live": cmd_live, "devices": cmd_devices, "enroll": cmd_enroll,
-            "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate, "label": cmd_label, "config": cmd_config}
+            "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate, "label": cmd_label, "config": cmd_config,
+            "door": cmd_door}
 
 
 def _meeting_flags(p: argparse.ArgumentParser) -> None:
@@ -223,8 +240,9 @@ def cmd_label(args: argparse.Namespace, cfg: Config) -> int:
 
 def _engine(args: argparse.Namespace, cfg: Config):
     from .default_model import open_engine
+    from .logs import console_warning
 
-    return open_engine(cfg, Console(stderr=True))
+    return open_engine(cfg, console_warning(Console(stderr=True)))
 
 
 def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
@@ -383,6 +401,26 @@ def cmd_calibrate(args: argparse.Namespace, cfg: Config) -> int:
     print(f"stored threshold {result.threshold:.3f} and door threshold {visits.threshold:.3f} in {cfg.gallery_path()} "
           "(used where decision.operating_point is 'auto' or 'calibrated')")
     return 0
+
+
+def cmd_door(args: argparse.Namespace, cfg: Config) -> int:
+    from .door import fire_test
+
+    if args.stream and args.stream not in cfg.inputs:
+        raise SpkrecError(f"no input named '{args.stream}' in the config ([inputs.{args.stream}])")
+    door = cfg.door_for(args.stream)
+    decision, result = fire_test(door, args.name, args.stream)
+    steps = []
+    for key in ("second_factor", "command", "url"):
+        if key in result:
+            outcome = result[key]
+            detail = f"exit {outcome['exit']}" if "exit" in outcome else \
+                f"HTTP {outcome['status']}" if "status" in outcome else outcome.get("error", "")
+            steps.append(f"{key.replace('_', ' ')} {'ok' if outcome['ok'] else 'FAILED'} ({detail})")
+    audit = f"; audit log {door.audit_log}" if door.audit_log else ""
+    verdict = "lock actuated" if result.get("ok") else f"FAILED: {result.get('error', 'failed')}"
+    print(f"door test for {args.name}: {verdict}; {', '.join(steps) or 'no step ran'} (decision {decision.id}{audit})")
+    return 0 if result.get("ok") else 1
 
 
 def cmd_config(args: argparse.Namespace, cfg: Config) -> int:

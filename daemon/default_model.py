@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from rich.console import Console
+from typing import Callable
 
 from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
@@ -22,7 +21,7 @@ def ensure_model(cfg: Config) -> Path:
     return base_model_path()
 
 
-def open_engine(cfg: Config, console: Console) -> Engine:
+def open_engine(cfg: Config, warn: Callable[[str], None]) -> Engine:
     """The inference session every command uses. CUDA asked for by name but not obtained
     (onnxruntime-gpu installed, CUDA libraries not loadable) is an error: a user who said
     ``--provider cuda`` must not get a CPU quietly. ``auto`` warns and goes on on the CPU."""
@@ -33,5 +32,5 @@ def open_engine(cfg: Config, console: Console) -> Engine:
                   "cuDNN 9 libraries installed? README, GPU)")
         if cfg.model.provider == "cuda":
             raise EngineError(f"{reason}; use --provider auto or cpu to run on the CPU")
-        console.print(f"[bold yellow]warning: {reason}[/]")
+        warn(reason)
     return engine

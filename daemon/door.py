@@ -167,18 +167,21 @@ class DoorActions:
                 decision = self.queue.get(timeout=0.1)
             except queue.Empty:
                 continue
-            self._handle(decision)
+            self.carry_out(decision)
 
-    def _handle(self, decision: DoorEvent) -> None:
+    def carry_out(self, decision: DoorEvent) -> dict:
+        """Audit, act on a grant, audit the outcome; what happened (``ok``, per hook). The worker
+        calls it for every decision; `spkrec door test` calls it once, directly."""
         if not self._record(decision, "decided", None):
             if decision.granted:
                 self._fail(decision, "audit log cannot be written: door not actuated")
-            return
+            return {"ok": False, "actuated": False, "error": "audit log cannot be written"}
         result = self._act(decision) if decision.granted else {}
         self._record(decision, "done", result)
         if decision.granted and not result.get("ok", False):
             self.report(StatusEvent("door-action", f"door for {decision.label}: {result.get('error', 'failed')}",
                                     {"id": decision.id, "action": result}, stream=decision.stream, demo=decision.demo))
+        return result
 
     def _act(self, decision: DoorEvent) -> dict:
         """Actuate a grant if it is still fresh and the second factor agrees; what happened, for the audit."""
@@ -263,6 +266,24 @@ class DoorActions:
         except Exception as exc:  # network and TLS errors come in many types; all are a failed action
             reason = getattr(exc, "reason", exc)
             return {"ok": False, "error": str(reason)[:200]}
+
+
+def fire_test(cfg: DoorConfig, name: str, stream: str = "") -> tuple[DoorEvent, dict]:
+    """One synthetic grant for ``name`` through the configured chain (audit log, second factor,
+    lock command, webhook), as a real grant would go, so a lock can be wired and checked without
+    anyone speaking. Its reason is "test", in the hook's JSON and in the audit log."""
+    if not (cfg.command or cfg.url):
+        raise SpkrecError("no door hook configured: set [door] command and/or url (README, The door)")
+    if name not in cfg.authorized:
+        listed = ", ".join(cfg.authorized) or "nobody"
+        raise SpkrecError(f"'{name}' is not in door.authorized ({listed}): the door would never open for them")
+    now = time.time()
+    decision = DoorEvent(name, True, 1.0, "test", 0.0, 0.0, (), wall_time=now, stream=stream)
+    actions = DoorActions(cfg, AuditLog(cfg.audit_log) if cfg.audit_log else None, lambda event: None)
+    try:
+        return decision, actions.carry_out(decision)
+    finally:
+        actions.close()
 
 
 class DoorSink:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -25,10 +27,13 @@ from .demo import demo_gallery, demo_source
 from .devices import resolve
 from .door import DoorSink
 from .events import StatusEvent
+from . import logs
 from .identify import skipped_voices
 from .meeting import LiveMeeting, Meeting, Namer, OfflineMeeting, summary
+from .metrics import MetricsServer
 from .pipeline import Pipeline, Stream
 from .roster import Roster
+from .service import Supervisor, SystemdNotifier
 from .sinks import JsonlSink, LogSink, ProgressSink
 from .sources import FileSource, MicrophoneSource, StdinSource
 from .state import LiveState
@@ -119,14 +124,14 @@ def build_source(spec: InputSpec, args: argparse.Namespace, cfg: Config, rate: i
 
 
 def _shared_sinks(args: argparse.Namespace, cfg: Config, states: list[LiveState], threshold: float,
-                  duration_s: float, console: Console) -> list:
+                  duration_s: float, console: Console, logger: logging.Logger | None) -> list:
     sinks: list = []
     if args.events:
         sinks.append(JsonlSink(args.events))
     if getattr(args, "progress", False):
         sinks.append(ProgressSink(duration_s, console))
-    elif args.no_ui:
-        sinks.append(LogSink(tag_streams=len(states) > 1))
+    elif logger is not None:
+        sinks.append(LogSink(logger, tag_streams=len(states) > 1))
     else:
         sinks.append(TerminalUI(states, threshold, cfg.ui.refresh_hz, console))
     return sinks
@@ -134,7 +139,10 @@ def _shared_sinks(args: argparse.Namespace, cfg: Config, states: list[LiveState]
 
 def run_live(args: argparse.Namespace, cfg: Config) -> int:
     console = Console(stderr=True)
-    engine = open_engine(cfg, console)
+    # --no-ui (a service): every line through the log, with time and level; `spkrec label` keeps its progress bar
+    logger = logs.setup(cfg.log.level) if args.no_ui and not getattr(args, "progress", False) else None
+    warn = logger.warning if logger is not None else logs.console_warning(console)
+    engine = open_engine(cfg, warn)
     info = engine.info
     specs = input_specs(args, cfg)
     if getattr(args, "meeting", False) and len(specs) > 1:
@@ -153,7 +161,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     opened = gallery if isinstance(gallery, Gallery) else None
     skipped = skipped_voices(opened, info.fingerprint)
     if skipped:
-        console.print(f"[yellow]{skipped}[/]")
+        warn(skipped)
     roster = Roster(info, gallery, cfg.decision.trained_speakers)
     streams, points = [], []
     for spec, source in zip(specs, sources):
@@ -170,12 +178,11 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     namer = Namer(roster, points[0].threshold, cfg.stream.smoothing)
     meeting = _meeting(args, cfg, info, namer, window_s, hop_s, streams[0].source.name)
     if meeting is not None and not meeting.scales.measured:
-        warning = ("the model carries no clustering scales (exported before they existed): meetings cluster on "
-                   "its window eer and split voices more; python -m spkrec.training.scales stamps them")
-        console.print(f"[bold yellow]warning: {warning}[/]")
-        streams[0].notices.append(StatusEvent("warning", warning))
+        _notice(streams[0], "the model carries no clustering scales (exported before they existed): meetings "
+                            "cluster on its window eer and split voices more; python -m spkrec.training.scales "
+                            "stamps them", warn if logger is None else None)
     duration = sum(getattr(s.source, "duration_s", 0.0) for s in streams)
-    shared = _shared_sinks(args, cfg, [s.state for s in streams], points[0].threshold, duration, console)
+    shared = _shared_sinks(args, cfg, [s.state for s in streams], points[0].threshold, duration, console, logger)
     for stream, point in zip(streams, points):
         if meeting is not None:
             stream.decider = meeting.decider(stream.decider, stream.emit)
@@ -184,25 +191,51 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         if door.authorized:
             stream.sinks.append(DoorSink(door, stream.emit))  # its worker's reports reach the pipeline thread
             for warning in door_warnings(door, roster, opened, info.fingerprint, point):
-                console.print(f"[bold yellow]warning: {stream.name + ': ' if len(streams) > 1 else ''}{warning}[/]")
-                stream.notices.append(StatusEvent("warning", warning))
+                _notice(stream, warning, warn if logger is None else None, len(streams) > 1)
         if hasattr(stream.source, "on_status"):
             stream.source.on_status = stream.emit  # device status: posted to the pipeline thread
-    pipeline = Pipeline(streams, engine, shared, cfg.stream.batch_wait_s)
+    metrics = _metrics(args, cfg, streams, engine, shared, say=logger.info if logger is not None else console.print)
+    supervisor = Supervisor(SystemdNotifier(), [*shared, *(sink for s in streams for sink in s.sinks)],
+                            lambda: "listening on " + ", ".join(s.source.name for s in streams))
+    pipeline = Pipeline(streams, engine, shared, cfg.stream.batch_wait_s, supervisor=supervisor)
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    restore_hup = supervisor.install_sighup()
     try:
         pipeline.run(stop)
     finally:
+        restore_hup()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if metrics is not None:
+            metrics.close()
     if meeting is not None:
-        print_meeting_summary(meeting, streams[0].state, console)
+        print_meeting_summary(meeting, streams[0].state, console, logger)
     else:
         for stream in streams:
-            print_summary(stream.state, console, stream.name if len(streams) > 1 else "")
+            print_summary(stream.state, console, stream.name if len(streams) > 1 else "", logger)
     return 0
+
+
+def _metrics(args: argparse.Namespace, cfg: Config, streams: list[Stream], engine, shared: list,
+             say: Callable[[str], None]) -> MetricsServer | None:
+    """The Prometheus endpoint of a live daemon ([metrics] listen); `spkrec label` is a job, not a service."""
+    if not cfg.metrics.listen or getattr(args, "offline", False):
+        return None
+    server = MetricsServer(cfg.metrics, [s.state for s in streams], engine.provider, engine.info.fingerprint,
+                           str(engine.path))
+    shared.append(server.sink)
+    say(f"metrics on http://{server.address}/metrics, health on http://{server.address}/health")
+    return server
+
+
+def _notice(stream: Stream, warning: str, say: Callable[[str], None] | None, tag: bool = False) -> None:
+    """A warning found at start: a ``warning`` status event after "listening" (in the event log, and
+    in the service log through it), and on screen now for a person (``say``)."""
+    if say is not None:
+        say(f"{stream.name}: {warning}" if tag else warning)
+    stream.notices.append(StatusEvent("warning", warning))
 
 
 def door_warnings(door: DoorConfig, roster: Roster, gallery: Gallery | None, fingerprint: str,
@@ -241,28 +274,43 @@ def _meeting(args: argparse.Namespace, cfg: Config, info: ModelInfo, namer: Name
     return LiveMeeting(*common)
 
 
-def print_meeting_summary(meeting: Meeting, state: LiveState, console: Console) -> None:
-    table = Table(title=f"meeting summary: {state.stream_time:.1f} s of audio")
-    for column in ("speaker", "talk time", "turns", "share"):
-        table.add_column(column, justify="left" if column == "speaker" else "right")
-    for label, seconds, turns, share in summary(meeting.final_turns()):
-        table.add_row(label, f"{seconds:.1f} s", str(turns), f"{share:.0%}")
-    console.print(table)
-    for path in (meeting.rttm, meeting.guests_file):
-        if path is not None and path.is_file():
-            console.print(f"wrote {path}")
+def print_meeting_summary(meeting: Meeting, state: LiveState, console: Console,
+                          logger: logging.Logger | None = None) -> None:
+    rows = [(label, f"{seconds:.1f} s", str(turns), f"{share:.0%}") for label, seconds, turns, share
+            in summary(meeting.final_turns())]
+    written = [f"wrote {path}" for path in (meeting.rttm, meeting.guests_file) if path is not None and path.is_file()]
+    _say_table(f"meeting summary: {state.stream_time:.1f} s of audio", ("speaker", "talk time", "turns", "share"),
+               rows, written, console, logger)
 
 
-def print_summary(state: LiveState, console: Console, stream: str = "") -> None:
+def print_summary(state: LiveState, console: Console, stream: str = "", logger: logging.Logger | None = None) -> None:
     total = sum(state.talk_time.values())
-    table = Table(title=f"{stream + ': ' if stream else ''}session summary: {state.stream_time:.1f} s of audio, "
-                        f"{state.windows} scored windows")
-    for column in ("speaker", "talk time", "share", "turns"):
+    rows = [(label, f"{seconds:.1f} s", f"{seconds / total:.0%}" if total else "-", str(state.turns[label]))
+            for label, seconds in state.talk_time.most_common()]
+    timing = (f"inference p50 {state.percentile(state.inference_ms, 50):.1f} ms, p95 "
+              f"{state.percentile(state.inference_ms, 95):.1f} ms; latency p50 "
+              f"{state.percentile(state.latency_ms, 50):.1f} ms; dropped blocks {state.dropped}, "
+              f"overflows {state.overflows}")
+    _say_table(f"{stream + ': ' if stream else ''}session summary: {state.stream_time:.1f} s of audio, "
+               f"{state.windows} scored windows", ("speaker", "talk time", "share", "turns"), rows, [timing],
+               console, logger)
+
+
+def _say_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], notes: list[str], console: Console,
+               logger: logging.Logger | None) -> None:
+    """A table for a person; for the service log one line per row, each a log line of its own."""
+    if logger is not None:
+        logger.info(title)
+        for row in rows:
+            logger.info("  " + ", ".join(f"{column} {value}" for column, value in zip(columns, row)))
+        for note in notes:
+            logger.info(note)
+        return
+    table = Table(title=title)
+    for column in columns:
         table.add_column(column, justify="left" if column == "speaker" else "right")
-    for label, seconds in state.talk_time.most_common():
-        table.add_row(label, f"{seconds:.1f} s", f"{seconds / total:.0%}" if total else "-", str(state.turns[label]))
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
-    console.print(f"inference p50 {state.percentile(state.inference_ms, 50):.1f} ms, p95 "
-                  f"{state.percentile(state.inference_ms, 95):.1f} ms; latency p50 "
-                  f"{state.percentile(state.latency_ms, 50):.1f} ms; dropped blocks {state.dropped}, "
-                  f"overflows {state.overflows}")
+    for note in notes:
+        console.print(note)

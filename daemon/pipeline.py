@@ -28,6 +28,7 @@ from spkrec.models.engine import Engine
 
 from .decisions import Decider
 from .events import Event, StatusEvent
+from .service import Supervisor
 from .sinks import Sink
 from .sources import Block, Source
 from .state import LiveState
@@ -102,6 +103,7 @@ class Stream:
         outcome: BaseException | None = None
         try:
             for block in self.source.blocks(stop):
+                self.state.last_audio = block.arrival
                 self.counters()
                 if block.lost_s > 0:
                     self._gap(block, out)
@@ -161,6 +163,7 @@ class Pipeline:
     sinks: Sequence[Sink] = ()  # shared by every stream
     batch_wait_s: float = 0.1  # how long a due window waits for the other streams' windows of its hop
     batch_sizes: Counter = field(default_factory=Counter)  # engine calls per batch size (bounded: <= MAX_BATCH keys)
+    supervisor: Supervisor | None = None  # readiness, watchdog and SIGHUP (daemon.service)
 
     def __post_init__(self) -> None:
         for stream in self.streams:
@@ -177,6 +180,8 @@ class Pipeline:
                    for s in self.streams]
         for reader in readers:
             reader.start()
+        if self.supervisor is not None:
+            self.supervisor.ready()
         live, failures = set(self.streams), []
         try:
             while live:
@@ -184,8 +189,11 @@ class Pipeline:
                 if batch is None:  # stopped, and the readers have gone quiet without saying goodbye
                     break
                 self._handle(batch, live, failures)
+                self._tick()
         finally:
             signalled = stop.is_set()
+            if self.supervisor is not None:
+                self.supervisor.stopping()
             stop.set()  # the other readers end too when one stage failed
             self._join(readers, due, live, failures)
             for stream in self.streams:
@@ -255,13 +263,18 @@ class Pipeline:
                 break
         return batch
 
-    @staticmethod
-    def _first(due: queue.Queue, stop: threading.Event) -> tuple | None:
+    def _tick(self) -> None:
+        """The loop is alive: the watchdog hears it (a stall in inference or a sink starves it)."""
+        if self.supervisor is not None:
+            self.supervisor.tick()
+
+    def _first(self, due: queue.Queue, stop: threading.Event) -> tuple | None:
         stopping_since: float | None = None
         while True:
             try:
                 return due.get(timeout=0.2)
             except queue.Empty:
+                self._tick()  # waiting for audio is not a stall
                 if stop.is_set():
                     stopping_since = stopping_since or time.monotonic()
                     if time.monotonic() - stopping_since > READERS_JOIN_S:

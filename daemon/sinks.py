@@ -7,6 +7,7 @@ to all sinks, so adding one changes nothing else.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Protocol, TextIO
 from spkrec.models.errors import SpkrecError
 from spkrec.models.private import open_private
 
-from .events import Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
+from . import logs
+from .events import DoorEvent, Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
 
 
 class Sink(Protocol):
@@ -44,6 +46,19 @@ class JsonlSink:
                 raise SpkrecError(f"cannot write events ({exc})") from None
             self.owned = True
 
+    def reopen(self) -> None:
+        """After SIGHUP: close the file and open the path again, so a log that logrotate moved
+        away is started afresh (no ``copytruncate``, nothing lost between copy and truncate),
+        and a log stopped by a full disk is tried again."""
+        if not self.owned:
+            return
+        self.close()
+        try:
+            self.stream = open_private(Path(self.target))
+        except SpkrecError as exc:
+            self.stream = None
+            logs.warning(f"cannot reopen events file ({exc}): events are no longer written; recognition goes on")
+
     def handle(self, event: Event) -> None:
         if self.stream is None:
             return
@@ -53,8 +68,8 @@ class JsonlSink:
         except BrokenPipeError:  # the reader went away (`| head`): stop writing quietly, keep serving
             self._stop()
         except OSError as exc:
-            print(f"spkrec: warning: cannot write events to {self.target} ({exc.strerror or exc}): events are no "
-                  "longer written; recognition goes on", file=sys.stderr, flush=True)
+            logs.warning(f"cannot write events to {self.target} ({exc.strerror or exc}): events are no longer "
+                         "written; recognition goes on")
             self._stop()
 
     def _stop(self) -> None:
@@ -78,40 +93,52 @@ class JsonlSink:
                 self.stream.flush()
         except OSError:
             pass
+        if self.owned:
+            self.stream = None
 
 
 class LogSink:
-    """Readable lines on stderr for ``--no-ui``: label changes, silences and status changes."""
+    """Log lines for ``--no-ui`` (daemon.logs gives them a time and a level): speaker changes
+    (every scored window at debug level), silences, turns, door decisions and status changes,
+    each at the level an operator filters on (a lost device is a warning, a failure an error)."""
 
-    def __init__(self, stream: TextIO | None = None, tag_streams: bool = False) -> None:
-        self.stream = stream or sys.stderr
+    WARNINGS = {"warning", "device-lost", "reconnecting", "gap", "door-action"}
+
+    def __init__(self, logger: logging.Logger, tag_streams: bool = False) -> None:
+        self.logger = logger
         self.tag_streams = tag_streams
         self.last_label: dict[str, str | None] = {}
 
-    def _line(self, event: Event, text: str) -> None:
+    def _line(self, event: Event, text: str, level: int = logging.INFO) -> None:
         prefix = f"{event.stream}: " if self.tag_streams and getattr(event, "stream", "") else ""
-        self.stream.write(prefix + text + "\n")
-        self.stream.flush()
+        self.logger.log(level, prefix + text)
 
     def handle(self, event: Event) -> None:
         key = getattr(event, "stream", "")
         if isinstance(event, SpeakerEvent):
-            if event.label != self.last_label.get(key):
-                runner = f", next {event.candidates[1][0]} {event.candidates[1][1]:.2f}" if len(event.candidates) > 1 else ""
-                self._line(event, f"[{event.end:8.2f}s] speaker {event.label} (score {event.score:.2f}{runner})")
-                self.last_label[key] = event.label
+            changed = event.label != self.last_label.get(key)
+            runner = f", next {event.candidates[1][0]} {event.candidates[1][1]:.2f}" if len(event.candidates) > 1 else ""
+            self._line(event, f"[{event.end:8.2f}s] speaker {event.label} (score {event.score:.2f}{runner})",
+                       logging.INFO if changed else logging.DEBUG)
+            self.last_label[key] = event.label
         elif isinstance(event, SilenceEvent):
             self._line(event, f"[{event.end:8.2f}s] silence")
             self.last_label[key] = None
         elif isinstance(event, StatusEvent):
             extra = " ".join(f"{k}={v}" for k, v in event.details.items())
-            self._line(event, f"status {event.state}: {event.message} {extra}".rstrip())
+            level = logging.ERROR if event.state == "error" else \
+                logging.WARNING if event.state in self.WARNINGS else logging.INFO
+            self._line(event, f"status {event.state}: {event.message} {extra}".rstrip(), level)
         elif isinstance(event, TurnEvent):
             self._line(event, f"[{event.confirmed:8.2f}s] turn {event.label} {event.start:.2f}-{event.end:.2f} s")
         elif isinstance(event, RelabelEvent):
             span = f"the turn at {event.start:.2f} s" if event.start == event.end else \
                 f"turns {event.start:.2f}-{event.end:.2f} s"
             self._line(event, f"relabel {event.was} -> {event.label} ({span})")
+        elif isinstance(event, DoorEvent):
+            verdict = "granted" if event.granted else "denied"
+            self._line(event, f"[{event.end:8.2f}s] door {verdict} {event.label} ({event.reason}, score "
+                              f"{event.score:.2f}, id {event.id})")
 
     def close(self) -> None:
         pass

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from spkrec.models.scoring import UNKNOWN
 
 from .events import DoorEvent, Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
 
@@ -40,6 +43,9 @@ class LiveState:
     door: DoorEvent | None = None  # the last door decision, when a door is configured
     talk_time: Counter = field(default_factory=Counter)
     turns: Counter = field(default_factory=Counter)
+    decisions: Counter = field(default_factory=Counter)  # windows decided "known", "unknown" or "silence"
+    door_decisions: Counter = field(default_factory=Counter)  # "granted", "denied"
+    last_audio: float = field(default_factory=time.monotonic)  # when the source last delivered audio (reader thread)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -52,6 +58,7 @@ class LiveState:
         with self.lock:
             if isinstance(event, SpeakerEvent):
                 self.windows += 1
+                self.decisions["unknown" if event.label == UNKNOWN else "known"] += 1
                 if self.current is None or not self.speaking or event.label != self.current.label:
                     self.turns[event.label] += 1
                 self.current, self.speaking = event, True
@@ -70,6 +77,7 @@ class LiveState:
                 self.status, self.status_message = event.state, event.message
             elif isinstance(event, DoorEvent):
                 self.door = event
+                self.door_decisions["granted" if event.granted else "denied"] += 1
             elif isinstance(event, TurnEvent):
                 self.turn_log.append(event)
             elif isinstance(event, RelabelEvent):
@@ -80,6 +88,7 @@ class LiveState:
         """A hop without scored speech, for the timeline."""
         with self.lock:
             self.timeline.append("")
+            self.decisions["silence"] += 1
             self.stream_time = end
 
     def close(self) -> None:

@@ -436,13 +436,14 @@ def test_a_model_without_clustering_scales_still_labels_and_says_why_it_may_spli
 def test_the_no_ui_log_shows_turns_and_relabels():
     import io
 
+    from spkrec.daemon.logs import setup
     from spkrec.daemon.sinks import LogSink
 
     out = io.StringIO()
-    sink = LogSink(out)
+    sink = LogSink(setup("info", out))
     sink.handle(TurnEvent(1.0, 4.5, "Guest 2", 6.5))
     sink.handle(RelabelEvent(0.0, 20.0, "ann", "Guest 2"))
     sink.handle(RelabelEvent(7.0, 7.0, "Guest 1", "ann"))
-    assert out.getvalue().splitlines() == ["[    6.50s] turn Guest 2 1.00-4.50 s",
-                                           "relabel Guest 2 -> ann (turns 0.00-20.00 s)",
-                                           "relabel ann -> Guest 1 (the turn at 7.00 s)"]
+    assert [line.split(" INFO    ", 1)[1] for line in out.getvalue().splitlines()] == [
+        "[    6.50s] turn Guest 2 1.00-4.50 s", "relabel Guest 2 -> ann (turns 0.00-20.00 s)",
+        "relabel ann -> Guest 1 (the turn at 7.00 s)"]

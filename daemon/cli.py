@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -150,6 +152,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--stream", metavar="INPUT", default="",
                    help="use the door of [inputs.INPUT] (its [inputs.INPUT.door] keys over [door])")
 
+    p = sub.add_parser("systemd-unit", parents=[common], help="print the systemd unit that runs this install as a service",
+                       description="Print the packaged systemd unit (README, Run as a service) with ExecStart pointing "
+                                   "at this install's spkrec-live: the system unit (own user, audio group, hardening) "
+                                   "or, with --user, the user unit for your session's microphone.")
+    p.add_argument("--user", action="store_true", help="the user-session unit (systemctl --user)")
+
     p = sub.add_parser("config", parents=[common], help="print the configuration in force, and where each value came from",
                        description="Print the merged configuration as TOML: the packaged defaults, the config file "
                                    "found (--config, $SPKREC_CONFIG, $XDG_CONFIG_HOME/spkrec/config.toml, "
@@ -158,7 +166,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--plain", action="store_true", help="TOML only, without the origin comments")
     return {"identify": cmd_identify, "live": cmd_live, "devices": cmd_devices, "enroll": cmd_enroll,
             "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate, "label": cmd_label, "config": cmd_config,
-            "door": cmd_door}
+            "door": cmd_door, "systemd-unit": cmd_systemd_unit}
 
 
 def _meeting_flags(p: argparse.ArgumentParser) -> None:
@@ -421,6 +429,19 @@ def cmd_door(args: argparse.Namespace, cfg: Config) -> int:
     verdict = "lock actuated" if result.get("ok") else f"FAILED: {result.get('error', 'failed')}"
     print(f"door test for {args.name}: {verdict}; {', '.join(steps) or 'no step ran'} (decision {decision.id}{audit})")
     return 0 if result.get("ok") else 1
+
+
+def cmd_systemd_unit(args: argparse.Namespace, cfg: Config) -> int:
+    from importlib import resources
+
+    unit = resources.files("spkrec.daemon").joinpath("systemd", "user" if args.user else "system", "spkrec.service")
+    text = unit.read_text(encoding="utf-8")
+    here = Path(sys.argv[0]).absolute().with_name("spkrec-live")  # next to this `spkrec` (a venv, pipx's bin)
+    live = here if here.is_file() else Path(shutil.which("spkrec-live") or "")
+    if live.name:
+        text = re.sub(r"^ExecStart=\S+", f"ExecStart={live}", text, count=1, flags=re.M)
+    print(text, end="")
+    return 0
 
 
 def cmd_config(args: argparse.Namespace, cfg: Config) -> int:

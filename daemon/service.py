@@ -11,6 +11,7 @@ would go on pinging for a dead daemon.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import threading
 import time
 from typing import Callable, Mapping, Sequence
 
+from .logs import LOGGER
 from .sinks import Sink
 
 
@@ -91,11 +93,11 @@ class Supervisor:
         self.notifier.ping()
         if self.hangup.is_set():
             self.hangup.clear()
-            for sink in self.sinks:
-                reopen = getattr(sink, "reopen", None)
-                if reopen is not None:
-                    reopen()
+            reopened = [sink for sink in self.sinks if getattr(sink, "reopen", None) is not None]
+            for sink in reopened:
+                sink.reopen()
             self.reopened += 1
+            logging.getLogger(LOGGER).info(f"SIGHUP: reopened {len(reopened)} file(s)")
 
     def stopping(self) -> None:
         self.notifier.stopping()

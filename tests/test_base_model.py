@@ -104,3 +104,48 @@ def test_core_install_without_torch_identifies_a_file_at_once(tmp_path):
     rows = [line for line in done.stdout.splitlines() if ".flac" in line]
     assert ENROLLED in rows[0] and "unknown" in rows[1], done.stdout
     assert not (tmp_path / "cache" / "spkrec" / "models").exists()  # nothing was built
+    _operators_commands_work(venv / "bin", run)
+
+
+def _operators_commands_work(bin_dir, run: dict) -> None:
+    """What a service install needs from the package beyond the model: both entry points, the
+    packaged unit files pointing at this install, the configuration lookup."""
+    from spkrec.models import __version__
+
+    for exe in ("spkrec", "spkrec-live"):
+        version = subprocess.run([str(bin_dir / exe), "--version"], **run)
+        assert version.returncode == 0 and version.stdout.strip() == f"spkrec {__version__}", version
+    unit = subprocess.run([str(bin_dir / "spkrec"), "systemd-unit"], **run)
+    assert unit.returncode == 0 and f"ExecStart={bin_dir / 'spkrec-live'} --no-ui" in unit.stdout, unit.stderr
+    config = subprocess.run([str(bin_dir / "spkrec"), "config"], **run)
+    assert config.returncode == 0 and "(no config file found)" in config.stdout, config.stderr
+
+
+def test_pipx_install_gives_both_commands(tmp_path):
+    """`pipx install` of the source folder (a non-editable build, as `pip install .` does) into
+    pipx's own venv: both commands on PATH, the shipped model inside, no torch."""
+    tools = tmp_path / "tools"
+    subprocess.run([sys.executable, "-m", "venv", str(tools)], check=True)
+    got = subprocess.run([str(tools / "bin" / "python"), "-m", "pip", "install", "-q", "pipx"], capture_output=True,
+                         text=True)
+    if got.returncode != 0 and "Could not find a version" in got.stderr:
+        pytest.skip(f"no package index reachable for pipx: {got.stderr.strip()[-200:]}")
+    assert got.returncode == 0, got.stderr
+    bin_dir = tmp_path / "bin"
+    env = {**os.environ, "PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(bin_dir),
+           "PIPX_MAN_DIR": str(tmp_path / "man"), "HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env.pop("SPKREC_CONFIG", None)
+    env.pop("VIRTUAL_ENV", None)
+    installed = subprocess.run([str(tools / "bin" / "pipx"), "install", str(REPO)], capture_output=True, text=True,
+                               env=env)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    run = dict(capture_output=True, text=True, env=env, cwd=tmp_path)
+    venv_python = tmp_path / "pipx" / "venvs" / "spkrec" / "bin" / "python"
+    assert subprocess.run([str(venv_python), "-c", "import torch"], capture_output=True).returncode != 0
+    model = subprocess.run([str(venv_python), "-c", "from spkrec.models.base import base_model_path as p; print(p())"],
+                           **run)
+    assert model.returncode == 0 and "site-packages" in model.stdout  # the installed copy, not this checkout
+    done = subprocess.run([str(bin_dir / "spkrec"), "identify", str(speaker_files(STRANGER)[-1])], **run)
+    assert done.returncode == 0 and "unknown" in done.stdout, done.stderr
+    _operators_commands_work(bin_dir, run)

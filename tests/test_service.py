@@ -411,3 +411,42 @@ def test_systemd_units_verify(tmp_path, user):
     verify = subprocess.run([analyze, *(["--user"] if user else []), "verify", str(unit)], capture_output=True,
                             text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
     assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stdout + verify.stderr
+
+
+def _service_section() -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split("## Run as a service", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_service_config_is_valid(tmp_path):
+    """The /etc/spkrec/config.toml the README has a person write loads, with the values it states."""
+    section = _service_section()
+    config = tmp_path / "config.toml"
+    config.write_text(section.split("<<'TOML'\n", 1)[1].split("\nTOML\n", 1)[0] + "\n")
+    done = spkrec("config", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert re.search(r'^listen = "127.0.0.1:9464" +# ', done.stdout, re.M)
+    assert re.search(r'^path = "/var/lib/spkrec/gallery.sqlite" +# ', done.stdout, re.M)
+
+
+def test_readme_logrotate_snippet_rotates_and_signals(tmp_path):
+    """The README's logrotate snippet, pointed at a folder of ours, moves the logs away and runs
+    its postrotate (there: the reload that sends SIGHUP)."""
+    logrotate = shutil.which("logrotate") or ("/usr/sbin/logrotate" if Path("/usr/sbin/logrotate").exists() else None)
+    if logrotate is None:
+        pytest.skip("logrotate is not installed (Debian: apt-get install logrotate)")
+    section = _service_section()
+    snippet = next(block for block in section.split("```")[1::2] if block.lstrip().startswith("/var/log/spkrec/"))
+    logs = tmp_path / "log"
+    logs.mkdir(mode=0o700)
+    marker = tmp_path / "reloaded"
+    conf = tmp_path / "spkrec.conf"
+    conf.write_text(snippet.replace("/var/log/spkrec", str(logs))
+                    .replace("systemctl reload spkrec.service", f"touch {marker}"))
+    for name in ("events.jsonl", "audit.jsonl"):
+        (logs / name).write_text('{"event": "status"}\n')
+    done = subprocess.run([logrotate, "--force", "--state", str(tmp_path / "state"), str(conf)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in logs.iterdir()) == ["audit.jsonl.1", "events.jsonl.1"]  # nocreate: spkrec makes them
+    assert marker.is_file()

@@ -26,7 +26,7 @@ from spkrec.models.config import FLAG, Config, load_config
 from spkrec.models.errors import SpkrecError
 
 Handler = Callable[[argparse.Namespace, Config], int]
-TRAIN_MODULES = {"torch", "torchaudio", "torchvision", "onnx", "matplotlib"}
+TRAIN_MODULES = {"torch", "torchaudio", "torchvision", "matplotlib"}
 
 
 def _common() -> argparse.ArgumentParser:
@@ -152,21 +152,23 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--stream", metavar="INPUT", default="",
                    help="use the door of [inputs.INPUT] (its [inputs.INPUT.door] keys over [door])")
 
-    p = sub.add_parser("systemd-unit", parents=[common], help="print the systemd unit that runs this install as a service",
+    p = sub.add_parser("systemd-unit", parents=[common],
+                       help="print the systemd unit that runs this install as a service",
                        description="Print the packaged systemd unit (README, Run as a service) with ExecStart pointing "
                                    "at this install's spkrec-live: the system unit (own user, audio group, hardening) "
                                    "or, with --user, the user unit for your session's microphone.")
     p.add_argument("--user", action="store_true", help="the user-session unit (systemctl --user)")
 
-    p = sub.add_parser("config", parents=[common], help="print the configuration in force, and where each value came from",
+    p = sub.add_parser("config", parents=[common],
+                       help="print the configuration in force, and where each value came from",
                        description="Print the merged configuration as TOML: the packaged defaults, the config file "
                                    "found (--config, $SPKREC_CONFIG, $XDG_CONFIG_HOME/spkrec/config.toml, "
                                    "/etc/spkrec/config.toml: the first that exists) and flags, each key followed by "
                                    "where its value came from. Exits 2 with one line if the configuration is invalid.")
     p.add_argument("--plain", action="store_true", help="TOML only, without the origin comments")
     return {"identify": cmd_identify, "live": cmd_live, "devices": cmd_devices, "enroll": cmd_enroll,
-            "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate, "label": cmd_label, "config": cmd_config,
-            "door": cmd_door, "systemd-unit": cmd_systemd_unit}
+            "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate, "label": cmd_label,
+            "config": cmd_config, "door": cmd_door, "systemd-unit": cmd_systemd_unit}
 
 
 def _meeting_flags(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,8 @@ from typing import Callable
 
 from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
-from spkrec.models.engine import Engine
+from spkrec.models.engine import Engine, resolve_provider
+from spkrec.models.precision import choose
 from spkrec.models.errors import EngineError, ModelError
 
 
@@ -25,8 +26,9 @@ def open_engine(cfg: Config, warn: Callable[[str], None]) -> Engine:
     """The inference session every command uses. CUDA asked for by name but not obtained
     (onnxruntime-gpu installed, CUDA libraries not loadable) is an error: a user who said
     ``--provider cuda`` must not get a CPU quietly. ``auto`` warns and goes on on the CPU."""
-    engine = Engine(ensure_model(cfg), cfg.model.provider, cfg.model.threads,
-                    io_binding=cfg.model.io_binding)
+    path, precision = choose(ensure_model(cfg), cfg.model.precision, resolve_provider(cfg.model.provider),
+                             cfg.cache_dir())
+    engine = Engine(path, cfg.model.provider, cfg.model.threads, io_binding=cfg.model.io_binding, precision=precision)
     if engine.fell_back:
         reason = (f"CUDA was wanted but ONNX Runtime runs the model on {engine.provider} (are the CUDA 13 / "
                   "cuDNN 9 libraries installed? README, GPU)")

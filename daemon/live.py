@@ -26,8 +26,8 @@ from .default_model import open_engine
 from .demo import demo_gallery, demo_source
 from .devices import resolve
 from .door import DoorSink
-from .events import StatusEvent
 from . import logs
+from .events import StatusEvent
 from .identify import skipped_voices
 from .meeting import LiveMeeting, Meeting, Namer, OfflineMeeting, summary
 from .metrics import MetricsServer
@@ -142,6 +142,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     # --no-ui (a service): every line through the log, with time and level; `spkrec label` keeps its progress bar
     logger = logs.setup(cfg.log.level) if args.no_ui and not getattr(args, "progress", False) else None
     warn = logger.warning if logger is not None else logs.console_warning(console)
+    on_screen = warn if logger is None else None  # start warnings: said now for a person; a log gets the event
     engine = open_engine(cfg, warn)
     info = engine.info
     specs = input_specs(args, cfg)
@@ -180,7 +181,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     if meeting is not None and not meeting.scales.measured:
         _notice(streams[0], "the model carries no clustering scales (exported before they existed): meetings "
                             "cluster on its window eer and split voices more; python -m spkrec.training.scales "
-                            "stamps them", warn if logger is None else None)
+                            "stamps them", on_screen)
     duration = sum(getattr(s.source, "duration_s", 0.0) for s in streams)
     shared = _shared_sinks(args, cfg, [s.state for s in streams], points[0].threshold, duration, console, logger)
     for stream, point in zip(streams, points):
@@ -191,7 +192,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         if door.authorized:
             stream.sinks.append(DoorSink(door, stream.emit))  # its worker's reports reach the pipeline thread
             for warning in door_warnings(door, roster, opened, info.fingerprint, point):
-                _notice(stream, warning, warn if logger is None else None, len(streams) > 1)
+                _notice(stream, warning, on_screen, len(streams) > 1)
         if hasattr(stream.source, "on_status"):
             stream.source.on_status = stream.emit  # device status: posted to the pipeline thread
     metrics = _metrics(args, cfg, streams, engine, shared, say=logger.info if logger is not None else console.print)
@@ -223,8 +224,8 @@ def _metrics(args: argparse.Namespace, cfg: Config, streams: list[Stream], engin
     """The Prometheus endpoint of a live daemon ([metrics] listen); `spkrec label` is a job, not a service."""
     if not cfg.metrics.listen or getattr(args, "offline", False):
         return None
-    server = MetricsServer(cfg.metrics, [s.state for s in streams], engine.provider, engine.info.fingerprint,
-                           str(engine.path))
+    server = MetricsServer(cfg.metrics, [s.state for s in streams], engine.provider, engine.precision,
+                           engine.info.fingerprint, str(engine.path))
     shared.append(server.sink)
     say(f"metrics on http://{server.address}/metrics, health on http://{server.address}/health")
     return server

@@ -50,10 +50,11 @@ class LineFormatter(logging.Formatter):
         return f"{when} {record.levelname:<7} {message}"
 
 
-def setup(level: str = "info", stream: TextIO | None = None) -> logging.Logger:
-    """The daemon's logger, writing to ``stream`` (stderr) at ``level`` and above."""
+def setup(level: str = "info", stream: TextIO | None = None, name: str = LOGGER) -> logging.Logger:
+    """The daemon's logger (``name``: a test may ask for another), writing to ``stream`` (stderr)
+    at ``level`` and above."""
     stream = stream or sys.stderr
-    logger = logging.getLogger(LOGGER)
+    logger = logging.getLogger(name)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.StreamHandler(stream)

@@ -35,6 +35,7 @@ _KEYS = {
     "fingerprint": "spkrec.fingerprint",
     "training": "spkrec.training",
     "precision": "spkrec.precision",
+    "int8_ranges": "spkrec.int8_ranges",
 }
 
 
@@ -52,6 +53,8 @@ class ModelInfo:
     fingerprint: str  # identifies the embedding space; voiceprints are tied to it
     training: Mapping[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
+    # activation ranges measured on real speech at export, for the static int8 copy (models.quantize)
+    int8_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def window_samples(self) -> int:
@@ -87,6 +90,8 @@ def encode_metadata(info: ModelInfo) -> dict[str, str]:
         _KEYS["fingerprint"]: info.fingerprint,
         _KEYS["training"]: json.dumps(dict(info.training)),
         _KEYS["precision"]: info.precision,
+        **({_KEYS["int8_ranges"]: json.dumps({k: [float(lo), float(hi)] for k, (lo, hi) in info.int8_ranges.items()})}
+           if info.int8_ranges else {}),
     }
 
 
@@ -122,6 +127,8 @@ def decode_metadata(meta: Mapping[str, str], source: str | Path = "model") -> Mo
             fingerprint=meta[_KEYS["fingerprint"]],
             training=json.loads(meta.get(_KEYS["training"], "{}")),
             precision=meta.get(_KEYS["precision"], "fp32"),
+            int8_ranges={k: (float(lo), float(hi)) for k, (lo, hi) in
+                         json.loads(meta.get(_KEYS["int8_ranges"], "{}")).items()},
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"{source} has damaged spkrec metadata ({type(exc).__name__}: {exc})") from None

@@ -43,6 +43,7 @@ class ModelConfig:
     provider: str = _opt("auto", choices=("auto", "cpu", "cuda"))
     threads: int = _opt(0, lo=0, hi=256)
     io_binding: bool = _opt(False)
+    precision: str = _opt("auto", choices=("auto", "fp32", "int8", "fp16"))
 
 
 @dataclass

@@ -440,7 +440,7 @@ def test_the_no_ui_log_shows_turns_and_relabels():
     from spkrec.daemon.sinks import LogSink
 
     out = io.StringIO()
-    sink = LogSink(setup("info", out))
+    sink = LogSink(setup("info", out, name="spkrec-test-meeting"))
     sink.handle(TurnEvent(1.0, 4.5, "Guest 2", 6.5))
     sink.handle(RelabelEvent(0.0, 20.0, "ann", "Guest 2"))
     sink.handle(RelabelEvent(7.0, 7.0, "Guest 1", "ann"))

@@ -20,6 +20,7 @@ import torch
 
 from spkrec.models.artifact import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, ModelInfo, encode_metadata
 from spkrec.models.engine import Engine
+from spkrec.models.quantize import is_frontend
 from spkrec.models.errors import ModelError
 
 from .network import HalfPrecision, SpeakerNet
@@ -91,7 +92,7 @@ def quantize_int8(src: Path, dst: Path, info: ModelInfo) -> ModelInfo:
 
     logging.getLogger().setLevel(logging.ERROR)  # its pre-processing advice is noise to a user
     model = onnx.load(str(src))
-    frontend = [n.name for n in model.graph.node if n.name.startswith("/frontend/")]
+    frontend = [n.name for n in model.graph.node if is_frontend(n.name)]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "int8.onnx"
         quantize_dynamic(str(src), str(out), weight_type=QuantType.QUInt8, nodes_to_exclude=frontend,

@@ -1,0 +1,102 @@
+"""Static int8 for the CPU: a QDQ copy of a model, built from activation ranges the model carries.
+
+Dynamic int8 measures activation ranges on every call, and its ConvInteger path made a ResNet50
+slower than fp32 on x86 (README, "CPU: int8"). Static int8 fixes the ranges once, calibrated on
+real speech at export (``training.int8`` stamps them into the metadata as ``int8_ranges``), so
+ONNX Runtime runs fused int8 convolutions (QLinearConv, VNNI where the CPU has it).
+
+The int8 copy is not shipped: the package holds one model file. It is built from that file and
+its ranges (``ModelInfo.int8_ranges``) on first use on a CPU, in a few seconds, and cached by fingerprint, so every later
+start loads it directly. What is quantised: the backbone's convolutions and residual additions,
+weights per output channel (int8), activations per tensor (uint8). The DFT/mel front end and the
+embedding head stay float: quantising a fixed Fourier basis adds error to every feature, and the
+head is a small share of the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import ModelInfo
+from .errors import ModelError
+
+QUANTIZER = "qdq-u8s8-pc-v1"  # in the cache key: a new recipe builds new copies
+OP_TYPES = ["Conv", "Add"]
+
+
+def is_frontend(name: str) -> bool:
+    """Front-end nodes of an exported spkrec model (the STFT as a convolution, the mel matrix)."""
+    return "/frontend/" in name
+
+
+def excluded_nodes(model) -> list[str]:
+    """Everything outside the backbone stays float: the front end and the embedding head."""
+    return [n.name for n in model.graph.node if is_frontend(n.name) or "/embed" in n.name]
+
+
+def float_initializers(model) -> None:
+    """Models stored with fp16 weights cast to fp32 at load (the shipped base model, to fit the
+    package) are given their fp32 weights as initializers, in place, so the quantiser sees
+    constant float weights it can quantise per channel."""
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    kept, used = [], set()
+    for node in graph.node:
+        source = node.input[0] if node.op_type == "Cast" and len(node.input) == 1 else None
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if source in initializers and to == TensorProto.FLOAT:
+            weights = numpy_helper.to_array(initializers[source]).astype(np.float32)
+            graph.initializer.append(numpy_helper.from_array(weights, node.output[0]))
+            used.add(source)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    still_read = {name for node in graph.node for name in node.input}
+    for name in used - still_read:
+        graph.initializer.remove(initializers[name])
+
+
+def quantize_static_int8(src: Path, dst: Path, ranges: dict[str, tuple[float, float]]) -> None:
+    """Write the static int8 (QDQ) copy of ``src`` to ``dst`` (atomically), from ``ranges``."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its advice is noise here
+    model = onnx.load(str(src))
+    float_initializers(model)
+    tensors = TensorsData(CalibrationMethod.MinMax, {
+        name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+        for name, (lo, hi) in ranges.items()})
+    quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, QuantType.QUInt8, tensors, [],
+                             excluded_nodes(model), OP_TYPES, {"ActivationSymmetric": False, "WeightSymmetric": True})
+    quantizer.quantize_model()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save(quantizer.model.model, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_int8(src: Path, info: ModelInfo, cache_dir: Path) -> Path:
+    """The static int8 copy of a model, built once into ``cache_dir`` and reused by fingerprint."""
+    if not info.int8_ranges:
+        raise ModelError(f"{src} carries no int8 calibration (exported before it existed): "
+                         "python -m spkrec.training.int8 stamps it, or use [model] precision = \"fp32\"")
+    path = cache_dir / "int8" / f"{info.fingerprint}-{QUANTIZER}.onnx"
+    if not path.is_file():
+        quantize_static_int8(src, path, info.int8_ranges)
+    return path

@@ -1,0 +1,94 @@
+"""int8 calibration for a model: activation ranges measured on real speech, written into its metadata.
+
+``models.quantize`` builds the static int8 copy a CPU runs from these ranges. They are measured
+on windows of the model's own training audio (what it will hear is speech like that), with ONNX
+Runtime's MinMax calibrator over the same float graph the quantiser later sees. Only the
+metadata changes: the fingerprint hashes the graph, so voiceprints enrolled with the model stay
+valid.
+
+    python -m spkrec.training.int8 MODEL.onnx --audio TRAINING_FILES... [--out NEW.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from spkrec.models.artifact import INPUT_NAME, decode_metadata
+from spkrec.models.audio import load_audio
+from spkrec.models.quantize import OP_TYPES, excluded_nodes, float_initializers
+from spkrec.models.windows import frame_windows
+
+from .export import _save_atomically, _stamp
+
+BATCH = 8
+MAX_WINDOWS = 400  # about 15 min of speech: ranges settle well before (README, "CPU: int8")
+
+
+def measure_ranges(model_path: Path, windows: np.ndarray) -> dict[str, tuple[float, float]]:
+    """{tensor: (low, high)} of the activations the quantiser will quantise, over ``windows``."""
+    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+
+    class Windows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([windows[i:i + BATCH] for i in range(0, len(windows), BATCH)])
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, np.float32)}
+
+    model = onnx.load(str(model_path))
+    float_initializers(model)
+    skip = set(excluded_nodes(model))
+    with tempfile.TemporaryDirectory(prefix="spkrec-int8-") as tmp:
+        float_path = Path(tmp) / "float.onnx"
+        onnx.save(model, str(float_path))
+        calibrator = create_calibrator(float_path, OP_TYPES, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.MinMax)
+        calibrator.collect_data(Windows())
+        data = calibrator.compute_data()
+    inside = {name for node in model.graph.node if node.name not in skip for name in (*node.input, *node.output)}
+    return {name: (float(np.min(t.range_value[0])), float(np.max(t.range_value[1])))
+            for name, t in data.data.items() if name in inside}
+
+
+def training_windows(files: list[Path], rate: int, window: int, limit: int = MAX_WINDOWS) -> np.ndarray:
+    """Non-overlapping windows spread over ``files`` (an even share of each, up to ``limit``)."""
+    per_file = max(1, limit // max(1, len(files)))
+    picked = []
+    for path in files:
+        audio = load_audio(path, rate)
+        if audio.size >= window:
+            picked.extend(frame_windows(audio, window, window)[:per_file])
+    return np.stack(picked[:limit]).astype(np.float32)
+
+
+def stamp_int8(model_path: Path, files: list[Path], out: Path) -> int:
+    """Measure the ranges on ``files`` and write them into the model's metadata; how many tensors."""
+    model = onnx.load(str(model_path))
+    info = decode_metadata({p.key: p.value for p in model.metadata_props}, model_path)
+    windows = training_windows(files, info.sample_rate, info.window_samples)
+    ranges = measure_ranges(model_path, windows)
+    training = {**info.training, "int8_calibration": {"windows": len(windows), "files": len(files)}}
+    _stamp(model, dataclasses.replace(info, int8_ranges=ranges, training=training))
+    _save_atomically(model, out)
+    return len(ranges)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m spkrec.training.int8", description=__doc__.split("\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--audio", type=Path, nargs="+", required=True, help="recordings of the model's training audio")
+    parser.add_argument("--out", type=Path, help="where to write the stamped model (default: in place)")
+    args = parser.parse_args(argv)
+    count = stamp_int8(args.model, args.audio, args.out or args.model)
+    print(f"int8 ranges for {count} tensors -> {args.out or args.model}")
+
+
+if __name__ == "__main__":
+    main()

@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--calibration-voices", type=int, default=60)
     parser.add_argument("--per-voice", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--recalibrate", action="store_true", help="measure ranges here even if the model has some")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,13 +132,19 @@ def main() -> None:
     window = int(info.window_s * info.sample_rate)
     work = Path(tempfile.mkdtemp(prefix="int8-bench-"))
     start = time.perf_counter()
-    calib = calibration_windows(info.sample_rate, window, args.calibration_voices, args.per_voice)
-    ranges = measure_ranges(args.model, calib)
-    calibration_s = time.perf_counter() - start
+    if info.int8_ranges and not args.recalibrate:  # what the daemon builds from: the ranges the model ships
+        ranges, calibration = info.int8_ranges, {"source": "the model's own int8_ranges", **info.training.get(
+            "int8_calibration", {})}
+    else:
+        calib = calibration_windows(info.sample_rate, window, args.calibration_voices, args.per_voice)
+        ranges = measure_ranges(args.model, calib)
+        calibration = {"source": "measured here", "windows": len(calib), "voices": args.calibration_voices,
+                       "corpus": "train-clean-100"}
+    calibration["seconds"] = time.perf_counter() - start
     static = work / "static.onnx"
     start = time.perf_counter()
     quantize_static_int8(args.model, static, ranges)
-    quantize_s = time.perf_counter() - start
+    calibration["quantize_seconds"] = time.perf_counter() - start
     import onnx
 
     from spkrec.models.quantize import float_initializers
@@ -170,8 +177,7 @@ def main() -> None:
     report = {"machine": f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} "
                          f"CPUs, {platform.platform()}", "onnxruntime": __import__("onnxruntime").__version__,
               "command": " ".join(sys.argv), "model": str(args.model), "fingerprint": info.fingerprint,
-              "calibration": {"windows": len(calib), "voices": args.calibration_voices, "corpus": "train-clean-100",
-                              "seconds": calibration_s, "quantize_seconds": quantize_s},
+              "calibration": calibration,
               "results": results}
     print(json.dumps(report, indent=1))
     if args.out:

@@ -41,6 +41,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", dest="model.path", metavar="PATH", help="spkrec ONNX model [model.path]")
     p.add_argument("--provider", dest="model.provider", choices=("auto", "cpu", "cuda"),
                    help="ONNX Runtime execution provider [model.provider]")
+    p.add_argument("--precision", dest="model.precision", choices=("auto", "fp32", "int8", "fp16"),
+                   help="which copy of the model runs: auto = static int8 on the CPU, fp16 on CUDA [model.precision]")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict[str, Handler]:
@@ -499,7 +501,7 @@ def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
         _warning(skipped)
     roster = Roster(engine.info, gallery, cfg.decision.trained_speakers)
     threshold = decision_point(cfg, engine.info, gallery).threshold
-    results = [identify_file(engine, roster, path, threshold, cfg.decision.margin) for path in files]
+    results = [identify_file(engine, roster, path, threshold, cfg.decision.margin, cfg.vad) for path in files]
     if args.json:
         for result in results:
             print(json.dumps(result.as_dict()))

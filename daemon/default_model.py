@@ -26,9 +26,10 @@ def open_engine(cfg: Config, warn: Callable[[str], None]) -> Engine:
     """The inference session every command uses. CUDA asked for by name but not obtained
     (onnxruntime-gpu installed, CUDA libraries not loadable) is an error: a user who said
     ``--provider cuda`` must not get a CPU quietly. ``auto`` warns and goes on on the CPU."""
-    path, precision = choose(ensure_model(cfg), cfg.model.precision, resolve_provider(cfg.model.provider),
-                             cfg.cache_dir())
-    engine = Engine(path, cfg.model.provider, cfg.model.threads, io_binding=cfg.model.io_binding, precision=precision)
+    source = ensure_model(cfg)
+    path, precision = choose(source, cfg.model.precision, resolve_provider(cfg.model.provider), cfg.cache_dir())
+    engine = Engine(path, cfg.model.provider, cfg.model.threads, io_binding=cfg.model.io_binding, precision=precision,
+                    source=source)
     if engine.fell_back:
         reason = (f"CUDA was wanted but ONNX Runtime runs the model on {engine.provider} (are the CUDA 13 / "
                   "cuDNN 9 libraries installed? README, GPU)")

@@ -1,4 +1,8 @@
-"""File-level identification: every window of a file embedded, averaged, scored once."""
+"""File-level identification: the voiced windows of a file embedded, averaged, scored once.
+
+The file goes through the same VAD and the same engine call as enrollment, verification and the
+live daemon (``enroll.gather`` / ``enroll.embed``), so one recording scores the same everywhere.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from spkrec.models.engine import Engine
 from spkrec.models.errors import AudioError
 from spkrec.models.gallery import Gallery
 from spkrec.models.scoring import Decision, cosine_scores, decide, mean_embedding
-from spkrec.models.windows import frame_windows
+from spkrec.models.config import VadConfig
 
+from .enroll import embed, gather
 from .roster import Roster
 
 
@@ -30,16 +35,20 @@ class FileResult:
                 "candidates": [[name, round(score, 4)] for name, score in d.candidates]}
 
 
-def identify_file(engine: Engine, roster: Roster, path: Path, threshold: float, margin: float) -> FileResult:
+def identify_file(engine: Engine, roster: Roster, path: Path, threshold: float, margin: float,
+                  vad: VadConfig) -> FileResult:
     """One file -> best label (or unknown) with its score and runners-up; errors are results."""
     info = engine.info
     try:
         samples = load_audio(path, info.sample_rate)
         if is_silent(samples):
             raise AudioError(f"{path} is silent: nothing to identify")
+        sample = gather([samples], info.sample_rate, vad)
+        if sample.voiced.size == 0:
+            raise AudioError(f"{path} has no voiced speech to identify")
     except AudioError as exc:
         return FileResult(path, None, 0.0, str(exc))
-    embeddings = engine.embed_windows(frame_windows(samples, info.window_samples, info.hop_samples))
+    embeddings = embed(engine, sample)
     labels, prototypes = roster()
     scores = cosine_scores(mean_embedding(embeddings), prototypes)
     return FileResult(path, decide(scores, labels, threshold, margin), samples.size / info.sample_rate)

@@ -77,10 +77,11 @@ class Engine:
     """One inference session over one spkrec model file."""
 
     def __init__(self, path: str | Path, provider: str = "auto", threads: int = 0, io_binding: bool = False,
-                 cuda_options: dict | None = None, precision: str = "") -> None:
+                 cuda_options: dict | None = None, precision: str = "", source: str | Path | None = None) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
+        self.source = Path(source) if source is not None else self.path  # the model asked for; ``path`` may be its copy
         if not self.path.is_file():
             raise ModelError(f"model file not found: {self.path}")
         options = ort.SessionOptions()

@@ -18,14 +18,27 @@ from .errors import ModelError
 PRECISIONS = ("auto", "fp32", "int8", "fp16")
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _int8_copy(path: Path, cache_dir: Path) -> Path:
     """Where the int8 copy of this exact file lives: keyed by the file's identity (path, size,
-    modification time) so a start with a warm cache reads no fp32 metadata at all."""
+    modification time), so a start with a warm cache reads no fp32 metadata at all."""
     from .quantize import QUANTIZER
 
     stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{QUANTIZER}".encode()).hexdigest()[:16]
-    return cache_dir / "int8" / f"{path.stem}-{key}.onnx"
+    where = _digest(str(path.resolve()))
+    return cache_dir / "int8" / f"{path.stem}-{where}-{_digest(f'{stat.st_size}|{stat.st_mtime_ns}|{QUANTIZER}')}.onnx"
+
+
+def _drop_stale(copy: Path) -> None:
+    """Copies of an earlier version of the same file (an upgrade replaced it) are removed, so the
+    cache holds one copy per model path."""
+    stem = copy.name.rsplit("-", 1)[0]
+    for old in copy.parent.glob(f"{stem}-*"):
+        if old.name != copy.name and old.suffix in (".onnx", ".no-ranges"):
+            old.unlink(missing_ok=True)
 
 
 def _read_info(path: Path):
@@ -59,10 +72,12 @@ def int8_model(path: Path, cache_dir: Path, required: bool) -> Path | None:
                              "python -m spkrec.training.int8 stamps it, or use [model] precision = \"fp32\"")
         absent.parent.mkdir(parents=True, exist_ok=True)
         absent.touch()
+        _drop_stale(absent)
         return None
     from .quantize import quantize_static_int8
 
     quantize_static_int8(path, copy, info.int8_ranges)
+    _drop_stale(copy)
     return copy
 
 

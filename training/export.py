@@ -20,7 +20,6 @@ import torch
 
 from spkrec.models.artifact import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, ModelInfo, encode_metadata
 from spkrec.models.engine import Engine
-from spkrec.models.quantize import is_frontend
 from spkrec.models.errors import ModelError
 
 from .network import HalfPrecision, SpeakerNet
@@ -29,11 +28,13 @@ PARITY_TOLERANCE = 1e-3
 OPSET = 17
 
 
-def _stamp(model: onnx.ModelProto, info: ModelInfo) -> ModelInfo:
-    """Fingerprint the graph (weights included) and write the metadata into the model."""
+def _stamp(model: onnx.ModelProto, info: ModelInfo, fingerprint: bool = True) -> ModelInfo:
+    """Fingerprint the graph (weights included) and write the metadata into the model. A copy of
+    another precision keeps its original's fingerprint (``fingerprint=False``): it computes the
+    same embedding space, so voiceprints enrolled with either serve both."""
     del model.metadata_props[:]
-    fingerprint = hashlib.sha256(model.graph.SerializeToString()).hexdigest()[:16]
-    info = dataclasses.replace(info, fingerprint=fingerprint)
+    if fingerprint:
+        info = dataclasses.replace(info, fingerprint=hashlib.sha256(model.graph.SerializeToString()).hexdigest()[:16])
     for key, value in encode_metadata(info).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -48,8 +49,9 @@ def _save_atomically(model: onnx.ModelProto, path: Path) -> None:
     partial.replace(path)
 
 
-def export_onnx(net: SpeakerNet | HalfPrecision, info: ModelInfo, path: Path) -> ModelInfo:
-    """Trace the eval-mode network on CPU to ONNX and stamp its metadata; returns the stamped info."""
+def export_onnx(net: SpeakerNet | HalfPrecision, info: ModelInfo, path: Path, copy_of: bool = False) -> ModelInfo:
+    """Trace the eval-mode network on CPU to ONNX and stamp its metadata; returns the stamped info.
+    ``copy_of``: a precision copy of an exported model, which keeps ``info.fingerprint``."""
     net = net.to("cpu").eval()
     dummy = torch.zeros(2, info.window_samples)
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +62,7 @@ def export_onnx(net: SpeakerNet | HalfPrecision, info: ModelInfo, path: Path) ->
             dynamic_axes={INPUT_NAME: {0: "batch", 1: "samples"}, EMBEDDING_OUTPUT: {0: "batch"}, LOGITS_OUTPUT: {0: "batch"}},
         )
         model = onnx.load(str(raw))
-    info = _stamp(model, info)
+    info = _stamp(model, info, fingerprint=not copy_of)
     _save_atomically(model, path)
     return info
 
@@ -79,28 +81,6 @@ def check_parity(net: SpeakerNet, path: Path, batch: np.ndarray) -> float:
     if not diff <= PARITY_TOLERANCE:
         raise ModelError(f"export parity failed: PyTorch and ONNX Runtime differ by {diff:.2e} (> {PARITY_TOLERANCE:g})")
     return diff
-
-
-def quantize_int8(src: Path, dst: Path, info: ModelInfo) -> ModelInfo:
-    """Dynamic int8 quantisation of the backbone and head; the DFT front end stays float.
-
-    Quantising the fixed Fourier basis would add error to every feature for no speed gain.
-    """
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger().setLevel(logging.ERROR)  # its pre-processing advice is noise to a user
-    model = onnx.load(str(src))
-    frontend = [n.name for n in model.graph.node if is_frontend(n.name)]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "int8.onnx"
-        quantize_dynamic(str(src), str(out), weight_type=QuantType.QUInt8, nodes_to_exclude=frontend,
-                         op_types_to_quantize=["Conv", "MatMul", "Gemm"])
-        quantized = onnx.load(str(out))
-    info = _stamp(quantized, dataclasses.replace(info, precision="int8"))
-    _save_atomically(quantized, dst)
-    return info
 
 
 def speed_ms(path: Path, window_samples: int, repeats: int = 20, provider: str = "cpu") -> float:

@@ -15,19 +15,22 @@ import argparse
 import dataclasses
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 
-from spkrec.models.artifact import INPUT_NAME, decode_metadata
+from spkrec.models.artifact import INPUT_NAME, ModelInfo, decode_metadata
 from spkrec.models.audio import load_audio
-from spkrec.models.quantize import OP_TYPES, excluded_nodes, float_initializers
+from spkrec.models.errors import ModelError
+from spkrec.models.quantize import OP_TYPES, excluded_nodes, float_initializers, quantize_static_int8
 from spkrec.models.windows import frame_windows
 
 from .export import _save_atomically, _stamp
 
 BATCH = 8
-MAX_WINDOWS = 400  # about 15 min of speech: ranges settle well before (README, "CPU: int8")
+MAX_WINDOWS = 400  # the shipped base model's calibration: 13 minutes of speech from 100 voices
+RUN_WINDOWS = 128  # what `spkrec train` measures at export: a few seconds more per run
 
 
 def measure_ranges(model_path: Path, windows: np.ndarray) -> dict[str, tuple[float, float]]:
@@ -57,27 +60,37 @@ def measure_ranges(model_path: Path, windows: np.ndarray) -> dict[str, tuple[flo
             for name, t in data.data.items() if name in inside}
 
 
-def training_windows(files: list[Path], rate: int, window: int, limit: int = MAX_WINDOWS) -> np.ndarray:
-    """Non-overlapping windows spread over ``files`` (an even share of each, up to ``limit``)."""
-    per_file = max(1, limit // max(1, len(files)))
-    picked = []
-    for path in files:
-        audio = load_audio(path, rate)
-        if audio.size >= window:
-            picked.extend(frame_windows(audio, window, window)[:per_file])
+def windows_of(audios: list[np.ndarray], window: int, limit: int = MAX_WINDOWS) -> np.ndarray:
+    """Non-overlapping windows spread over ``audios`` (an even share of each, up to ``limit``)."""
+    per_item = max(1, limit // max(1, len(audios)))
+    picked = [w for audio in audios if audio.size >= window for w in frame_windows(audio, window, window)[:per_item]]
+    if not picked:
+        raise ModelError("no recording is as long as one window: nothing to calibrate int8 on")
     return np.stack(picked[:limit]).astype(np.float32)
 
 
-def stamp_int8(model_path: Path, files: list[Path], out: Path) -> int:
-    """Measure the ranges on ``files`` and write them into the model's metadata; how many tensors."""
+def stamp_ranges(model_path: Path, windows: np.ndarray, out: Path | None = None) -> ModelInfo:
+    """Measure the ranges on ``windows`` and write them into the model's metadata (in place by default)."""
     model = onnx.load(str(model_path))
     info = decode_metadata({p.key: p.value for p in model.metadata_props}, model_path)
-    windows = training_windows(files, info.sample_rate, info.window_samples)
     ranges = measure_ranges(model_path, windows)
-    training = {**info.training, "int8_calibration": {"windows": len(windows), "files": len(files)}}
-    _stamp(model, dataclasses.replace(info, int8_ranges=ranges, training=training))
-    _save_atomically(model, out)
-    return len(ranges)
+    training = {**info.training, "int8_calibration": {"windows": len(windows), "tensors": len(ranges)}}
+    info = _stamp(model, dataclasses.replace(info, int8_ranges=ranges, training=training))
+    _save_atomically(model, out or model_path)
+    return info
+
+
+def quantize_copy(src: Path, dst: Path, windows: Callable[[], np.ndarray]) -> ModelInfo:
+    """The static int8 copy of ``src`` as a file of its own (``spkrec export --int8``), from the
+    model's ranges, or from ranges measured on ``windows()`` for a model exported without them."""
+    model = onnx.load(str(src), load_external_data=False)
+    info = decode_metadata({p.key: p.value for p in model.metadata_props}, src)
+    ranges = info.int8_ranges or measure_ranges(src, windows())
+    quantize_static_int8(src, dst, ranges)
+    quantized = onnx.load(str(dst))
+    info = _stamp(quantized, dataclasses.replace(info, precision="int8", int8_ranges=ranges), fingerprint=False)
+    _save_atomically(quantized, dst)
+    return info
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,8 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audio", type=Path, nargs="+", required=True, help="recordings of the model's training audio")
     parser.add_argument("--out", type=Path, help="where to write the stamped model (default: in place)")
     args = parser.parse_args(argv)
-    count = stamp_int8(args.model, args.audio, args.out or args.model)
-    print(f"int8 ranges for {count} tensors -> {args.out or args.model}")
+    info = decode_metadata({p.key: p.value for p in onnx.load(str(args.model), load_external_data=False).metadata_props},
+                           args.model)
+    windows = windows_of([load_audio(path, info.sample_rate) for path in args.audio], info.window_samples)
+    info = stamp_ranges(args.model, windows, args.out)
+    print(f"int8 ranges for {len(info.int8_ranges)} tensors from {len(windows)} windows -> {args.out or args.model}")
 
 
 if __name__ == "__main__":

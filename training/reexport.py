@@ -19,14 +19,15 @@ from spkrec.models.windows import fit_length
 
 from . import data as datasets
 from .evaluate import embed_clips, evaluate, save_confusion_png
-from .export import check_parity, export_onnx, quantize_int8, speed_ms
+from .export import check_parity, export_onnx, speed_ms
+from .int8 import RUN_WINDOWS, quantize_copy, windows_of
 from .network import HalfPrecision, SpeakerNet
 from .train import build_net
 
 
-def _validation_clips(run_dir: Path, rate: int) -> list[datasets.Clip]:
+def _validation_clips(run_dir: Path, rate: int, part: str = "validation") -> list[datasets.Clip]:
     split = json.loads((run_dir / "split.json").read_text())
-    rows = split["validation"] or split["train"]
+    rows = split[part] or split["train"]
     items = [datasets.Item(Path(r["path"]), r["label"]) for r in rows]
     return datasets.decode(items, rate, warn=lambda m: None)
 
@@ -81,10 +82,13 @@ def precision_report(model_path: Path, run_dir: Path, console: Console, precisio
     paths = {"fp32": model_path}
     for precision in precisions:
         dst = model_path.with_name(f"{model_path.stem}.{precision}.onnx")
-        if precision == "int8":
-            quantize_int8(model_path, dst, fp32.info)
+        if precision == "int8":  # static: from the model's ranges, or measured on the run's training audio
+            quantize_copy(model_path, dst, lambda: windows_of(
+                [c.samples for c in _validation_clips(run_dir, fp32.info.sample_rate, "train")],
+                fp32.info.window_samples, RUN_WINDOWS))
         else:  # traced from the run's network rather than converted graph-side: see HalfPrecision
-            export_onnx(HalfPrecision(load_run(run_dir)[0]), dataclasses.replace(fp32.info, precision="fp16"), dst)
+            export_onnx(HalfPrecision(load_run(run_dir)[0]), dataclasses.replace(fp32.info, precision="fp16"), dst,
+                        copy_of=True)
         paths[precision] = dst
     table = Table(title="precision copies vs fp32 (validation files)")
     for column in ("model", "provider", "file acc", "window acc", "EER (pairs)", "min cos to fp32",

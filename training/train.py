@@ -33,6 +33,7 @@ from . import distributed, pretrained
 from .augment import Augmenter
 from .evaluate import Embedded, embed_clips, evaluate, open_set_eer, prototypes, save_confusion_png
 from .export import check_parity, export_onnx
+from .int8 import RUN_WINDOWS, stamp_ranges, windows_of
 from .scales import voice_windows
 from .distributed import Group
 from .features import SpecAugment
@@ -452,6 +453,8 @@ def finish(net: SpeakerNet, device: torch.device, run_dir: Path, cfg: Config, la
         parity_clips = val_clips or train_clips
         batch = np.stack([fit_length(c.samples, window) for c in parity_clips[:4]])
         metrics["parity_max_abs_diff"] = check_parity(net, model_path, batch)
+    with console.status("calibrating int8 on training audio (the CPU's static int8 copy) ..."):
+        info = stamp_ranges(model_path, windows_of([c.samples for c in train_clips], window, RUN_WINDOWS))
     metrics["fingerprint"] = info.fingerprint
     _save_atomically({"model": net.state_dict(), "labels": labels, "config": dataclasses.asdict(cfg),
                       "prototypes": protos, "thresholds": dict(info.thresholds), "training": dict(info.training)},

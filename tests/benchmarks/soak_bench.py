@@ -310,7 +310,10 @@ def main() -> None:
     parser.add_argument("--slice-minutes", type=float, default=10.0, help="latency p50/p95 per slice of this length")
     parser.add_argument("--sample-every", type=float, default=60.0, help="seconds between RSS samples")
     parser.add_argument("--flat-pct", type=float, default=5.0, help="'flat': |RSS growth| from minute 5 to the end")
-    parser.add_argument("--max-mb", type=float, default=400.0, help="the RSS ceiling of the goal")
+    parser.add_argument("--max-mb", type=float, default=None, help="the RSS ceiling of the goal (400 MB for one "
+                                                                   "input, 500 for more)")
+    parser.add_argument("--inputs", type=int, default=1, help="streams in the daemon, each a capture of the microphone")
+    parser.add_argument("--precision", default="auto", help="[model] precision for the daemon")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default: results/soak_<tag>.json)")
     args = parser.parse_args()
     if args.minutes <= 0:
@@ -318,11 +321,14 @@ def main() -> None:
     if not LIBRI.is_dir():
         sys.exit(f"real speech not found at {LIBRI}: set SPKREC_SHARED_DATA")
     out = args.out or RESULTS / f"soak_{args.tag}.json"
+    args.max_mb = args.max_mb or (400.0 if args.inputs == 1 else 500.0)
+    extra = ["--precision", args.precision, *(a for i in range(2, args.inputs + 1) for a in ("--device", f"in{i}=pulse"))]
     duration_s = args.minutes * 60.0
     result: dict[str, Any] = {
         "command": shlex.join([os.path.relpath(sys.executable, REPO), *sys.argv]), "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "load_average_at_start": os.getloadavg(),
-        "minutes": args.minutes, "model": "shipped base model (no --model)", "enrolled": list(ENROLLED),
+        "minutes": args.minutes, "inputs": args.inputs, "precision_asked": args.precision,
+        "model": "shipped base model (no --model)", "enrolled": list(ENROLLED),
         "strangers": list(STRANGERS)}
 
     with tempfile.TemporaryDirectory(prefix="spkrec-soak-") as tmp:
@@ -339,7 +345,7 @@ def main() -> None:
             turns = speech_loop(wav)
             result["loop_s"] = round(turns[-1][1] + conversation.GAP_S, 1)
             events_path, stderr_path = root / "events.jsonl", root / "daemon.stderr"
-            process = start_daemon(env, config, events_path, stderr_path)
+            process = start_daemon(env, config, events_path, stderr_path, *extra)
             tail = EventTail(events_path)
             alive = lambda: process.poll() is None  # noqa: E731
             found = tail.wait(status_is("listening"), 120, alive=alive)
@@ -347,7 +353,8 @@ def main() -> None:
                 sys.exit(f"the daemon did not start listening:\n{stderr_path.read_text()[-3000:]}")
             listening = found[2]
             origin = listening["time"]
-            result["listening"] = {k: listening.get(k) for k in ("source", "rate", "native_rate", "provider", "model")}
+            result["listening"] = {k: listening.get(k) for k in ("source", "rate", "native_rate", "provider", "precision",
+                                                                 "model")}
             time.sleep(1.0)
             first = proc_status(process.pid)
             samples = [{"minute": 0.0, "rss_mb": first["VmRSS"], "hwm_mb": first["VmHWM"],

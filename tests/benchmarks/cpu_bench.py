@@ -1,4 +1,4 @@
-"""fp32 against static and dynamic int8 on the CPU, side by side in one run.
+"""CPU speed, memory and start-up: fp32 against static and dynamic int8, side by side in one run.
 
 Static int8 is ONNX Runtime's QDQ quantisation with per-channel weights and activation ranges
 calibrated on real speech windows of the model's own training audio (LibriSpeech
@@ -6,15 +6,21 @@ train-clean-100 for the base model); the DFT/mel front end stays float. Dynamic 
 `spkrec export --int8` made so far. For each: ms per window at batch 1 and 4 (p50/p95, each in
 a fresh process, with its RSS), file size, cosine to the fp32 embeddings, and open-set
 identification on voices no model heard (LibriSpeech test-other: voiceprints from each voice's
-first 6 files, the rest identified; EER over file/voiceprint pairs).
+first 6 files, the rest identified; EER over file/voiceprint pairs). Then, for fp32 and static
+int8 (what ``[model] precision`` chooses between): the real-time factor of the live pipeline for
+1 and 4 inputs (files read as fast as they go), and start-up: the installed ``spkrec-live`` on a
+file replayed in real time, seconds from the command to its ``listening`` event and to its first
+decision, and its RSS then, with the int8 copy cached (median of 5) and once with an empty cache
+(the copy built). Memory over an hour is soak_bench.py's.
 
-    .venv/bin/python tests/benchmarks/int8_bench.py --out tests/benchmarks/results/int8_base.json
+    .venv/bin/python tests/benchmarks/cpu_bench.py --out tests/benchmarks/results/cpu_base.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -27,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
 
 from spkrec.models.audio import load_audio  # noqa: E402
 from spkrec.models.base import base_model_path  # noqa: E402
@@ -36,6 +43,18 @@ from spkrec.models.scoring import normalize  # noqa: E402
 from spkrec.models.windows import frame_windows  # noqa: E402
 
 ENROLL_FILES = 6
+
+
+def quantize_dynamic_int8(src: Path, dst: Path) -> None:
+    """What `spkrec export --int8` wrote before static int8: dynamic quantisation, front end float."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from spkrec.models.quantize import excluded_nodes
+
+    import onnx
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                     nodes_to_exclude=[n for n in excluded_nodes(onnx.load(str(src))) if "/frontend/" in n])
 
 
 def voices(root: Path) -> dict[str, list[Path]]:
@@ -108,6 +127,64 @@ def open_set(engine: Engine, files: dict[str, list[Path]], cache: dict) -> tuple
         np.concatenate(all_windows)
 
 
+def rtf(model: Path, precision: str, inputs: int, seconds: float, folder: Path) -> dict:
+    """The live pipeline over ``inputs`` files at once, as fast as they go: wall s / audio s."""
+    from streams_bench import mean_batch, run, voice
+
+    from live_bench import write_wav
+    from spkrec.models.config import Config
+
+    engine = Engine(model, provider="cpu", precision=precision)
+    cfg = Config()
+    cfg.decision.operating_point = "eer"
+    rate = engine.info.sample_rate
+    speakers = sorted(p for p in (SHARED / "librispeech-test-other").iterdir() if p.is_dir())[:inputs]
+    wavs = [write_wav(folder, f"in{i}-{s.name}.wav", voice(s, seconds, rate), rate) for i, s in enumerate(speakers)]
+    wall, pipeline, _ = run(engine, cfg, wavs, realtime=False)
+    return {"inputs": inputs, "rtf": round(wall / seconds, 4), "mean_batch": mean_batch(pipeline)}
+
+
+def start_up(env: dict, wav: Path, precision: str) -> dict:
+    """`spkrec-live --input WAV` (real time) from the command to "listening" and to the first
+    decision, and the daemon's RSS at its first decision."""
+    exe = Path(sys.executable).with_name("spkrec-live")
+    start = time.perf_counter()
+    process = subprocess.Popen([str(exe), "--input", str(wav), "--no-ui", "--events", "-", "--precision", precision],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    seen: dict = {}
+    for line in process.stdout:
+        event = json.loads(line)
+        if event.get("state") == "listening":
+            seen["listening_s"] = time.perf_counter() - start
+            seen["precision"] = event.get("precision")
+        elif event["event"] == "speaker":
+            seen["first_decision_s"] = time.perf_counter() - start
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            seen["rss_mb"] = next(int(l.split()[1]) / 1024 for l in status.splitlines() if l.startswith("VmRSS:"))
+            break
+    process.terminate()
+    process.wait(30)
+    return seen
+
+
+def start_ups(model_precisions: list[str], runs: int) -> dict:
+    from conversation import assemble
+
+    folder = Path(tempfile.mkdtemp(prefix="startup-"))
+    wav = folder / "speech.wav"
+    assemble([(p, "x") for p in sorted((SHARED / "librispeech-test-other" / "533").glob("*.flac"))[:2]], wav)
+    env = {**os.environ, "XDG_CACHE_HOME": str(folder / "cache"), "XDG_DATA_HOME": str(folder / "data"),
+           "XDG_CONFIG_HOME": str(folder / "config")}
+    env.pop("SPKREC_CONFIG", None)
+    out = {"cold_int8": start_up(env, wav, "auto")}  # empty cache: the int8 copy is built first
+    for precision in model_precisions:
+        got = [start_up(env, wav, precision) for _ in range(runs)]
+        out[precision] = {key: float(np.median([g[key] for g in got])) for key in ("listening_s", "first_decision_s",
+                                                                                 "rss_mb")}
+        out[precision]["precision"] = got[0]["precision"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, default=base_model_path())
@@ -115,6 +192,8 @@ def main() -> None:
     parser.add_argument("--calibration-voices", type=int, default=60)
     parser.add_argument("--per-voice", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--rtf-seconds", type=float, default=30.0, help="audio per input for the real-time factor")
+    parser.add_argument("--startup-runs", type=int, default=5)
     parser.add_argument("--recalibrate", action="store_true", help="measure ranges here even if the model has some")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -124,7 +203,6 @@ def main() -> None:
         return
 
     from spkrec.models.quantize import quantize_static_int8
-    from spkrec.training.export import quantize_int8
     from spkrec.training.int8 import measure_ranges
 
     engine = Engine(args.model, provider="cpu")
@@ -153,7 +231,7 @@ def main() -> None:
     float_initializers(unfolded)  # fp16-stored weights as float initializers, which quantize_dynamic needs
     onnx.save(unfolded, str(work / "float.onnx"))
     dynamic = work / "dynamic.onnx"
-    quantize_int8(work / "float.onnx", dynamic, info)
+    quantize_dynamic_int8(work / "float.onnx", dynamic)
     models = {"fp32": args.model, "int8 static": static, "int8 dynamic": dynamic}
 
     files = voices(SHARED / "librispeech-test-other")
@@ -171,6 +249,13 @@ def main() -> None:
             print(f"{name}: batch {batch} ...", flush=True)
             results[name][f"batch{batch}"] = timed(path, batch, args.repeats)
         print(name, json.dumps(results[name]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, precision in (("fp32", "fp32"), ("int8 static", "int8")):
+            path = args.model if precision == "fp32" else static
+            results[name]["rtf"] = [rtf(path, precision, n, args.rtf_seconds, Path(tmp)) for n in (1, 4)]
+            print(name, "RTF", results[name]["rtf"], flush=True)
+    startup = start_ups(["auto", "fp32"], args.startup_runs)
+    print("start-up", json.dumps(startup), flush=True)
     fp32 = results["fp32"]["batch1"]["p50"]
     for name in results:
         results[name]["speedup_b1"] = fp32 / results[name]["batch1"]["p50"]
@@ -178,7 +263,7 @@ def main() -> None:
                          f"CPUs, {platform.platform()}", "onnxruntime": __import__("onnxruntime").__version__,
               "command": " ".join(sys.argv), "model": str(args.model), "fingerprint": info.fingerprint,
               "calibration": calibration,
-              "results": results}
+              "results": results, "start_up": startup}
     print(json.dumps(report, indent=1))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -1,0 +1,92 @@
+"""Static int8 on the CPU: the copy the daemon builds from the shipped model's calibration agrees
+with fp32 on real speech, is built once and reused, and every command reports and honours the
+precision it runs at."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+import conversation
+from conftest import USER_FOLDERS, speaker_files, spkrec
+from spkrec.models.audio import load_audio
+from spkrec.models.base import base_model_path
+from spkrec.models.engine import Engine
+from spkrec.models.errors import ModelError
+from spkrec.models.precision import choose
+from spkrec.models.scoring import normalize
+from spkrec.models.windows import frame_windows
+
+VOICES = ("533", "1998", "3005", "2609")  # test-other: voices neither the model nor its calibration heard
+
+
+def _windows(engine: Engine) -> np.ndarray:
+    info = engine.info
+    return np.concatenate([frame_windows(load_audio(path, info.sample_rate), info.window_samples, info.hop_samples)
+                           for voice in VOICES for path in speaker_files(voice)[:2]])
+
+
+def test_int8_copy_agrees_with_fp32_on_real_speech(tmp_path):
+    fp32 = Engine(base_model_path(), provider="cpu")
+    assert len(fp32.info.int8_ranges) > 50  # the shipped model carries its calibration
+    path, precision = choose(base_model_path(), "auto", "cpu", tmp_path)
+    assert precision == "int8" and path.parent == tmp_path / "int8" and path.stat().st_size < 35e6
+    int8 = Engine(path, provider="cpu", precision=precision)
+    assert int8.info.fingerprint == fp32.info.fingerprint  # voiceprints enrolled with either serve both
+    windows = _windows(fp32)
+    a = np.concatenate([fp32.embed(windows[i:i + 8]) for i in range(0, len(windows), 8)])
+    b = np.concatenate([int8.embed(windows[i:i + 8]) for i in range(0, len(windows), 8)])
+    cosines = np.sum(normalize(a) * normalize(b), axis=1)
+    assert len(windows) >= 40 and cosines.min() >= 0.99, (len(windows), cosines.min())
+    graph = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= graph and "ConvInteger" not in graph  # static, not dynamic
+    built = path.stat().st_mtime_ns
+    start = time.perf_counter()
+    again, _ = choose(base_model_path(), "auto", "cpu", tmp_path)
+    assert again == path and path.stat().st_mtime_ns == built and time.perf_counter() - start < 0.1  # cached
+    assert choose(base_model_path(), "fp32", "cpu", tmp_path) == (base_model_path(), "fp32")
+    assert choose(base_model_path(), "auto", "cuda", tmp_path) == (base_model_path(), "fp32")  # no fp16 copy shipped
+
+
+def test_the_daemon_reports_its_precision_and_honours_fp32(tmp_path):
+    wav = tmp_path / "two.wav"
+    conversation.assemble([(speaker_files("533")[0], "a"), (speaker_files("3005")[0], "b")], wav, gap_s=1.0)
+    runs = {}
+    config = tmp_path / "fp32.toml"
+    config.write_text('[model]\nprecision = "fp32"\n')
+    for name, args in (("auto", []), ("flag", ["--precision", "fp32"]), ("config", ["--config", str(config)])):
+        events = tmp_path / f"{name}.jsonl"
+        spkrec("live", "--input", str(wav), "--fast", "--no-ui", "--events", str(events), *args, check=True)
+        runs[name] = conversation.read_events(events)
+    listening = {name: events[0] for name, events in runs.items()}
+    for name, precision in (("auto", "int8"), ("flag", "fp32"), ("config", "fp32")):
+        assert listening[name]["precision"] == precision and listening[name]["model"] == str(base_model_path())
+    assert list((USER_FOLDERS / "cache" / "spkrec" / "int8").glob("spkrec-base-*.onnx"))  # the copy auto runs
+    labels = {name: [e["label"] for e in events if e["event"] == "speaker"] for name, events in runs.items()}
+    assert len(labels["auto"]) == len(labels["flag"]) >= 4
+    # identify runs through the same engine: the same precision, the same answer as the live windows' voice
+    done = spkrec("identify", str(speaker_files("533")[1]), "--json", check=True)
+    auto = json.loads(done.stdout)
+    done = spkrec("identify", str(speaker_files("533")[1]), "--json", "--precision", "fp32", check=True)
+    assert abs(json.loads(done.stdout)["score"] - auto["score"]) < 0.05
+
+
+def test_a_model_without_int8_calibration(tmp_path):
+    """An older model runs at fp32 under auto; asking for int8 by name is one line, exit 2."""
+    model = onnx.load(str(base_model_path()))
+    kept = [p for p in model.metadata_props if p.key != "spkrec.int8_ranges"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    with pytest.raises(ModelError, match="no int8 calibration"):
+        choose(old, "int8", "cpu", tmp_path / "cache")
+    assert choose(old, "auto", "cpu", tmp_path / "cache") == (old, "fp32")
+    file = str(speaker_files("533")[1])
+    done = spkrec("identify", "--model", str(old), "--precision", "int8", file)
+    assert done.returncode == 2 and "no int8 calibration" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert spkrec("identify", "--model", str(old), file).returncode == 0

@@ -7,7 +7,7 @@ from typing import Callable
 
 from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
-from spkrec.models.engine import Engine, resolve_provider
+from spkrec.models.engine import PROVIDERS, Engine, available_providers
 from spkrec.models.precision import choose
 from spkrec.models.errors import EngineError, ModelError
 
@@ -23,17 +23,29 @@ def ensure_model(cfg: Config) -> Path:
 
 
 def open_engine(cfg: Config, warn: Callable[[str], None]) -> Engine:
-    """The inference session every command uses. CUDA asked for by name but not obtained
+    """The inference session every command uses, at the precision ``[model] precision`` picks
+    for where it runs (models.precision). CUDA asked for by name but not obtained
     (onnxruntime-gpu installed, CUDA libraries not loadable) is an error: a user who said
-    ``--provider cuda`` must not get a CPU quietly. ``auto`` warns and goes on on the CPU."""
+    ``--provider cuda`` must not get a CPU quietly. ``auto`` warns and goes on on the CPU, with
+    the copy meant for the CPU."""
     source = ensure_model(cfg)
-    path, precision = choose(source, cfg.model.precision, resolve_provider(cfg.model.provider), cfg.cache_dir())
-    engine = Engine(path, cfg.model.provider, cfg.model.threads, io_binding=cfg.model.io_binding, precision=precision,
-                    source=source)
+    engine = _session(cfg, source, "cuda" if _wants_cuda(cfg.model.provider) else "cpu")
     if engine.fell_back:
         reason = (f"CUDA was wanted but ONNX Runtime runs the model on {engine.provider} (are the CUDA 13 / "
                   "cuDNN 9 libraries installed? README, GPU)")
         if cfg.model.provider == "cuda":
             raise EngineError(f"{reason}; use --provider auto or cpu to run on the CPU")
         warn(reason)
+        if engine.device_name == "cpu" and cfg.model.precision == "auto" and engine.precision != "int8":
+            engine = _session(cfg, source, "cpu")
     return engine
+
+
+def _wants_cuda(provider: str) -> bool:
+    return provider == "cuda" or (provider == "auto" and PROVIDERS["cuda"] in available_providers())
+
+
+def _session(cfg: Config, source: Path, where: str) -> Engine:
+    path, precision = choose(source, cfg.model.precision, where, cfg.cache_dir())
+    return Engine(path, cfg.model.provider, cfg.model.threads, io_binding=cfg.model.io_binding, precision=precision,
+                  source=source)

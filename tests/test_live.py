@@ -255,20 +255,22 @@ def test_cuda_asked_for_by_name_never_quietly_runs_on_the_cpu(monkeypatch, tmp_p
     from spkrec.models.errors import EngineError
 
     class FellBack:  # what Engine reports when onnxruntime-gpu is there but cannot load CUDA
-        provider, fell_back = "CPUExecutionProvider", True
+        provider, fell_back, device_name = "CPUExecutionProvider", True, "cpu"
 
-        def __init__(self, *args, **kwargs) -> None:
-            pass
+        def __init__(self, *args, precision: str = "", **kwargs) -> None:
+            self.precision = precision
 
     monkeypatch.setattr(default_model, "Engine", FellBack)
+    monkeypatch.setattr(default_model, "_wants_cuda", lambda provider: True)  # onnxruntime-gpu installed
     cfg = Config()
     cfg.model.provider = "cuda"
     with pytest.raises(EngineError, match="--provider auto or cpu"):
         default_model.open_engine(cfg, print)
     cfg.model.provider = "auto"  # auto may fall back, and says so
     said = []
-    assert isinstance(default_model.open_engine(cfg, said.append), FellBack)
-    assert "CUDA was wanted" in said[0]
+    engine = default_model.open_engine(cfg, said.append)
+    assert isinstance(engine, FellBack) and "CUDA was wanted" in said[0]
+    assert engine.precision == "int8"  # the copy chosen for CUDA (fp32: no fp16 copy) gave way to the CPU's
     # and for real: this machine's onnxruntime has no CUDA provider at all
     done = spkrec("live", "--provider", "cuda", "--input", str(tmp_path / "x.wav"), "--no-ui")
     if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():

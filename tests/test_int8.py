@@ -90,3 +90,18 @@ def test_a_model_without_int8_calibration(tmp_path):
     done = spkrec("identify", "--model", str(old), "--precision", "int8", file)
     assert done.returncode == 2 and "no int8 calibration" in done.stderr and len(done.stderr.splitlines()) == 1
     assert spkrec("identify", "--model", str(old), file).returncode == 0
+
+
+def test_a_warm_start_imports_neither_torch_nor_onnx():
+    """Start-up with the int8 copy cached loads it directly: no torch, no onnx parsing the fp32
+    model, no quantiser (README, "CPU: static int8": the start-up times)."""
+    import subprocess
+    import sys
+
+    file = str(speaker_files("533")[1])
+    spkrec("identify", file, check=True)  # warms the cache, as any first start does
+    probe = ("import sys, json; from spkrec.daemon.cli import run; code = run(['identify', '--json', %r]); "
+             "print(json.dumps({m: m in sys.modules for m in ('torch', 'onnx', 'onnxruntime.quantization')}))" % file)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"torch": False, "onnx": False,
+                                                                 "onnxruntime.quantization": False}, done.stdout

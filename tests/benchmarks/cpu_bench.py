@@ -115,7 +115,7 @@ def open_set(engine: Engine, files: dict[str, list[Path]], cache: dict) -> tuple
             embedded.append(normalize(emb.mean(axis=0, keepdims=True))[0])
         prints[name] = normalize(np.mean(embedded[:ENROLL_FILES], axis=0, keepdims=True))[0]
         tests += [(name, e) for e in embedded[ENROLL_FILES:]]
-        test_windows += [(name, w) for w in all_windows[-len(paths) + ENROLL_FILES:]]
+        test_windows += [(name, w) for w in all_windows[len(all_windows) - len(paths) + ENROLL_FILES:]]
     names = list(prints)
     matrix = np.stack([prints[n] for n in names])
     scores = np.stack([matrix @ e for _, e in tests])

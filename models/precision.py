@@ -1,6 +1,6 @@
 """Which copy of a model runs: fp32, static int8 on a CPU, fp16 on CUDA (``[model] precision``).
 
-``auto`` picks what is fastest where the model runs at no measurable loss (README, "CPU: int8"):
+``auto`` picks what is fastest where the model runs at no measurable loss (README, "CPU: static int8"):
 the static int8 copy on the CPU provider, built from the ranges the model carries
 (``models.quantize``) and cached; an fp16 copy next to the model (``MODEL.fp16.onnx``, written by
 ``spkrec export --fp16``) on CUDA. Where a model has neither, ``auto`` runs it as it is, and

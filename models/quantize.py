@@ -1,14 +1,15 @@
 """Static int8 for the CPU: a QDQ copy of a model, built from activation ranges the model carries.
 
 Dynamic int8 measures activation ranges on every call, and its ConvInteger path made a ResNet50
-slower than fp32 on x86 (README, "CPU: int8"). Static int8 fixes the ranges once, calibrated on
+slower than fp32 on x86 (README, "CPU: static int8"). Static int8 fixes the ranges once, calibrated on
 real speech at export (``training.int8`` stamps them into the metadata as ``int8_ranges``), so
 ONNX Runtime runs fused int8 convolutions (QLinearConv, VNNI where the CPU has it).
 
 The int8 copy is not shipped: the package holds one model file. It is built from that file and
-its ranges (``ModelInfo.int8_ranges``) on first use on a CPU, in a few seconds, and cached by fingerprint, so every later
-start loads it directly. What is quantised: the backbone's convolutions and residual additions,
-weights per output channel (int8), activations per tensor (uint8). The DFT/mel front end and the
+its ranges (``ModelInfo.int8_ranges``) on first use on a CPU, in a few seconds, and cached
+(``models.precision``), so every later start loads it directly. What is quantised: the
+backbone's convolutions and residual additions, weights per output channel (int8), activations
+per tensor (uint8). The DFT/mel front end and the
 embedding head stay float: quantising a fixed Fourier basis adds error to every feature, and the
 head is a small share of the work.
 """
@@ -22,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import ModelInfo
-from .errors import ModelError
 
 QUANTIZER = "qdq-u8s8-pc-v1"  # in the cache key: a new recipe builds new copies
 OP_TYPES = ["Conv", "Add"]
@@ -89,14 +88,3 @@ def quantize_static_int8(src: Path, dst: Path, ranges: dict[str, tuple[float, fl
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def cached_int8(src: Path, info: ModelInfo, cache_dir: Path) -> Path:
-    """The static int8 copy of a model, built once into ``cache_dir`` and reused by fingerprint."""
-    if not info.int8_ranges:
-        raise ModelError(f"{src} carries no int8 calibration (exported before it existed): "
-                         "python -m spkrec.training.int8 stamps it, or use [model] precision = \"fp32\"")
-    path = cache_dir / "int8" / f"{info.fingerprint}-{QUANTIZER}.onnx"
-    if not path.is_file():
-        quantize_static_int8(src, path, info.int8_ranges)
-    return path

@@ -51,9 +51,6 @@ class SystemdNotifier:
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
 
-    def status(self, text: str) -> None:
-        self.send(f"STATUS={text}")
-
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping")
 
@@ -79,7 +76,6 @@ class Supervisor:
                  status: Callable[[], str] = lambda: "") -> None:
         self.notifier, self.sinks, self.describe = notifier, list(sinks), status
         self.hangup = threading.Event()
-        self.reopened = 0
 
     def install_sighup(self) -> Callable[[], None]:
         """SIGHUP -> reopen files at the next tick (logrotate's postrotate); returns the undo."""
@@ -96,7 +92,6 @@ class Supervisor:
             reopened = [sink for sink in self.sinks if getattr(sink, "reopen", None) is not None]
             for sink in reopened:
                 sink.reopen()
-            self.reopened += 1
             logging.getLogger(LOGGER).info(f"SIGHUP: reopened {len(reopened)} file(s)")
 
     def stopping(self) -> None:

@@ -117,6 +117,8 @@ class LogSink:
         key = getattr(event, "stream", "")
         if isinstance(event, SpeakerEvent):
             changed = event.label != self.last_label.get(key)
+            if not changed and not self.logger.isEnabledFor(logging.DEBUG):
+                return  # the same speaker again: a line only at debug level, so no text is built
             runner = f", next {event.candidates[1][0]} {event.candidates[1][1]:.2f}" if len(event.candidates) > 1 else ""
             self._line(event, f"[{event.end:8.2f}s] speaker {event.label} (score {event.score:.2f}{runner})",
                        logging.INFO if changed else logging.DEBUG)

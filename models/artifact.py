@@ -136,6 +136,11 @@ def decode_metadata(meta: Mapping[str, str], source: str | Path = "model") -> Mo
     return info
 
 
+def info_of(model: Any, source: str | Path = "model") -> ModelInfo:
+    """The ModelInfo of a loaded ``onnx.ModelProto`` (export-side tools and the int8 builder)."""
+    return decode_metadata({p.key: p.value for p in model.metadata_props}, source)
+
+
 def _validate(info: ModelInfo, source: str | Path) -> None:
     if info.sample_rate <= 0 or info.window_s <= 0 or info.hop_s <= 0:
         raise ModelError(f"{source} metadata has a non-positive rate, window or hop")

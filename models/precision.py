@@ -45,13 +45,13 @@ def _read_info(path: Path):
     """The model's metadata without an inference session (onnx parses the file once)."""
     import onnx
 
-    from .artifact import decode_metadata
+    from .artifact import info_of
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends: a damaged or foreign file
         raise ModelError(f"{path} is not a loadable ONNX model: {str(exc).splitlines()[0][:200]}") from None
-    return decode_metadata({p.key: p.value for p in model.metadata_props}, path)
+    return info_of(model, path)
 
 
 def int8_model(path: Path, cache_dir: Path, required: bool) -> Path | None:
@@ -60,6 +60,15 @@ def int8_model(path: Path, cache_dir: Path, required: bool) -> Path | None:
     copy = _int8_copy(path, cache_dir)
     if copy.is_file():
         return copy
+    try:
+        return _build_int8(path, copy, required)
+    except OSError as exc:  # a cache folder that cannot be written: auto runs fp32, asked-for int8 says why
+        if required:
+            raise ModelError(f"cannot write the int8 copy of {path} to {copy.parent}: {exc.strerror or exc}") from None
+        return None
+
+
+def _build_int8(path: Path, copy: Path, required: bool) -> Path | None:
     absent = copy.with_suffix(".no-ranges")
     if absent.is_file() and not required:
         return None

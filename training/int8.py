@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from spkrec.models.artifact import INPUT_NAME, ModelInfo, decode_metadata
+from spkrec.models.artifact import INPUT_NAME, ModelInfo, info_of
 from spkrec.models.audio import load_audio
 from spkrec.models.errors import ModelError
 from spkrec.models.quantize import OP_TYPES, excluded_nodes, float_initializers, quantize_static_int8
@@ -72,7 +72,7 @@ def windows_of(audios: list[np.ndarray], window: int, limit: int = MAX_WINDOWS) 
 def stamp_ranges(model_path: Path, windows: np.ndarray, out: Path | None = None) -> ModelInfo:
     """Measure the ranges on ``windows`` and write them into the model's metadata (in place by default)."""
     model = onnx.load(str(model_path))
-    info = decode_metadata({p.key: p.value for p in model.metadata_props}, model_path)
+    info = info_of(model, model_path)
     ranges = measure_ranges(model_path, windows)
     training = {**info.training, "int8_calibration": {"windows": len(windows), "tensors": len(ranges)}}
     info = _stamp(model, dataclasses.replace(info, int8_ranges=ranges, training=training))
@@ -84,7 +84,7 @@ def quantize_copy(src: Path, dst: Path, windows: Callable[[], np.ndarray]) -> Mo
     """The static int8 copy of ``src`` as a file of its own (``spkrec export --int8``), from the
     model's ranges, or from ranges measured on ``windows()`` for a model exported without them."""
     model = onnx.load(str(src), load_external_data=False)
-    info = decode_metadata({p.key: p.value for p in model.metadata_props}, src)
+    info = info_of(model, src)
     ranges = info.int8_ranges or measure_ranges(src, windows())
     quantize_static_int8(src, dst, ranges)
     quantized = onnx.load(str(dst))
@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audio", type=Path, nargs="+", required=True, help="recordings of the model's training audio")
     parser.add_argument("--out", type=Path, help="where to write the stamped model (default: in place)")
     args = parser.parse_args(argv)
-    info = decode_metadata({p.key: p.value for p in onnx.load(str(args.model), load_external_data=False).metadata_props},
-                           args.model)
+    info = info_of(onnx.load(str(args.model), load_external_data=False), args.model)
     windows = windows_of([load_audio(path, info.sample_rate) for path in args.audio], info.window_samples)
     info = stamp_ranges(args.model, windows, args.out)
     print(f"int8 ranges for {len(info.int8_ranges)} tensors from {len(windows)} windows -> {args.out or args.model}")

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import onnx
 
-from spkrec.models.artifact import decode_metadata
+from spkrec.models.artifact import info_of
 from spkrec.models.audio import load_audio
 from spkrec.models.clustering import measure_scales
 from spkrec.models.engine import Engine
@@ -48,8 +48,7 @@ def stamp_scales(model_path: Path, voices: Mapping[str, list[Path]], out: Path) 
     per_voice = voice_windows(engine.embed, audio, info.window_samples, info.hop_samples)
     scales = measure_scales(per_voice)
     model = onnx.load(str(model_path))
-    meta = {p.key: p.value for p in model.metadata_props}
-    info = decode_metadata(meta, model_path)
+    info = info_of(model, model_path)
     training = {**info.training, "clustering_scales": {"voices": len(per_voice), "measured_on": sorted(per_voice)}}
     stamped = dataclasses.replace(info, thresholds={**info.thresholds, **scales}, training=training)
     _stamp(model, stamped)

@@ -28,6 +28,7 @@ from spkrec.models.engine import Engine
 
 from .decisions import Decider
 from .events import Event, StatusEvent
+from .heap import HeapTrimmer
 from .service import Supervisor
 from .sinks import Sink
 from .sources import Block, Source
@@ -36,8 +37,8 @@ from .vad import Vad
 from .windowing import Window, Windower
 
 READERS_JOIN_S = 5.0  # how long shutdown waits for reader threads (each checks ``stop`` every 0.1-0.2 s)
-MAX_BATCH = 16  # windows per engine call when a fast (file) stream has queued many: ONNX Runtime's
-# memory arena grows to the largest batch it has run (64 held ~800 MB on the CPU, 16 about half)
+MAX_BATCH = 16  # windows per engine call when a fast (file) stream has queued many: a batch's
+# activations are held while it runs (16 int8 windows peak near 370 MB RSS, 64 fp32 ones ~800 MB)
 
 
 @dataclass(eq=False)  # identity, not field equality: streams are kept in sets
@@ -165,6 +166,7 @@ class Pipeline:
     batch_wait_s: float = 0.1  # how long a due window waits for the other streams' windows of its hop
     batch_sizes: Counter = field(default_factory=Counter)  # engine calls per batch size (bounded: <= MAX_BATCH keys)
     supervisor: Supervisor | None = None  # readiness, watchdog and SIGHUP (daemon.service)
+    heap: HeapTrimmer = field(default_factory=HeapTrimmer)  # freed batch memory back to the OS (daemon.heap)
 
     def __post_init__(self) -> None:
         for stream in self.streams:
@@ -265,9 +267,11 @@ class Pipeline:
         return batch
 
     def _tick(self) -> None:
-        """The loop is alive: the watchdog hears it (a stall in inference or a sink starves it)."""
+        """The loop is alive: the watchdog hears it (a stall in inference or a sink starves it),
+        and between two engine calls is when the heap can be trimmed."""
         if self.supervisor is not None:
             self.supervisor.tick()
+        self.heap.tick()
 
     def _first(self, due: queue.Queue, stop: threading.Event) -> tuple | None:
         stopping_since: float | None = None

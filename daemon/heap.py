@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import time
 from typing import Callable
 
@@ -33,12 +34,14 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 class HeapTrimmer:
     """Trims the heap at most every ``interval_s``; ``tick`` runs on the pipeline thread at
-    every pass of its loop, so a trim never races the engine call it would undo."""
+    every pass of its loop, so a trim never races the engine call it would undo. The first tick
+    trims at once: start-up (loading the model, building its int8 copy) frees far more than a
+    batch, and a service should not sit on it."""
 
     def __init__(self, interval_s: float = TRIM_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s, self.clock = interval_s, clock
         self._trim = _malloc_trim()
-        self.last = clock()
+        self.last = -math.inf
         self.trims = 0
 
     @property

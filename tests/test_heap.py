@@ -52,8 +52,8 @@ def test_a_trim_gives_freed_heap_back_to_the_os():
 
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
 def test_the_pipeline_loop_trims_while_it_runs(tmp_path):
-    """Three seconds of speech in real time, a trim due every 0.5 s: the loop makes them, both
-    between engine calls and while it waits for audio."""
+    """Three seconds of speech in real time, a trim due at once and then every 0.5 s: the loop
+    makes them, both between engine calls and while it waits for audio."""
     speech = max(speaker_files("1688"), key=lambda p: sf.info(str(p)).duration)
     audio, rate = sf.read(str(speech), dtype="float32")
     wav = tmp_path / "speech.wav"
@@ -65,5 +65,5 @@ def test_the_pipeline_loop_trims_while_it_runs(tmp_path):
     pipeline.run(threading.Event())
     elapsed = time.monotonic() - began
     assert stream.state.windows >= 2
-    assert 4 <= pipeline.heap.trims <= elapsed / 0.5, (pipeline.heap.trims, elapsed)  # due ones, no more
+    assert 5 <= pipeline.heap.trims <= elapsed / 0.5 + 1, (pipeline.heap.trims, elapsed)  # due ones, no more
 

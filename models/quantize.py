@@ -70,15 +70,20 @@ def quantize_static_int8(src: Path, dst: Path, ranges: dict[str, tuple[float, fl
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its advice is noise here
     model = onnx.load(str(src))
     float_initializers(model)
     tensors = TensorsData(CalibrationMethod.MinMax, {
         name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
         for name, (lo, hi) in ranges.items()})
-    quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, QuantType.QUInt8, tensors, [],
-                             excluded_nodes(model), OP_TYPES, {"ActivationSymmetric": False, "WeightSymmetric": True})
-    quantizer.quantize_model()
+    root = logging.getLogger()  # the quantiser advises "pre-process the model" on the root logger: noise here
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, QuantType.QUInt8, tensors, [], excluded_nodes(model),
+                                 OP_TYPES, {"ActivationSymmetric": False, "WeightSymmetric": True})
+        quantizer.quantize_model()
+    finally:
+        root.setLevel(level)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".tmp")
     os.close(fd)

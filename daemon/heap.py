@@ -4,28 +4,28 @@ Without ONNX Runtime's arena (models.engine) every batch allocates its activatio
 ``malloc`` and frees them afterwards, but glibc keeps freed memory inside its heaps: a load
 spike that batches more windows than usual leaves RSS a step higher for good (a 30-minute soak
 stepped 184 -> 197 MB at minute 8 and never came back). ``malloc_trim(0)`` hands every free
-page of every heap back (``madvise``), at ~7 ms a call on this model's heap. Calling it every
+page of every heap back (``madvise``), in 2-10 ms a call on this model's heap. Calling it every
 few seconds from the pipeline loop keeps RSS at what is really in use; fixing the mmap threshold
-instead cost 40 % in speed, and ``M_ARENA_MAX`` did not stop the steps (README, "CPU: static
-int8, memory and start-up"). Not glibc (musl, macOS): nothing to do, and nothing is done.
+instead was slower (18 % per window, paced as a daemon), and ``M_ARENA_MAX`` did not stop the
+steps (tests/benchmarks/heap_bench.py; README, "CPU: static int8, memory and start-up").
+Not glibc (musl, macOS): nothing to do, and nothing is done.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import math
 import time
 from typing import Callable
 
-TRIM_EVERY_S = 10.0  # a trim costs ~7-19 ms of the pipeline thread; 10 s keeps that under 0.2 %
+TRIM_EVERY_S = 10.0  # a trim costs 2-10 ms of the pipeline thread; every 10 s that is under 0.1 %
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library has none."""
+    """glibc's ``malloc_trim``, or None where the C library has none. Looked up among the
+    symbols the process already has (dlopen(NULL)): no search for the library at start-up."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int

@@ -205,12 +205,25 @@ def main() -> None:
     parser.add_argument("--startup-runs", type=int, default=5)
     parser.add_argument("--timing-only", action="store_true",
                         help="keep --out's accuracy numbers; measure speed, RTF and start-up again (on an idle machine)")
+    parser.add_argument("--startup-only", action="store_true",
+                        help="keep everything else in --out; measure start-up again (after a daemon-side change)")
     parser.add_argument("--recalibrate", action="store_true", help="measure ranges here even if the model has some")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         timing_child(args.child, args.batch, args.repeats)
+        return
+    if args.startup_only:
+        if args.out is None or not args.out.is_file():
+            parser.error("--startup-only updates an earlier --out file")
+        load = os.getloadavg()
+        startup = start_ups(["auto", "fp32"], args.startup_runs)
+        print("start-up", json.dumps(startup), flush=True)
+        report = {**json.loads(args.out.read_text()), "start_up": startup,
+                  "start_up_timing": {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "load_average_at_start": load,
+                                      "command": " ".join(sys.argv)}}
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
         return
 
     from spkrec.models.quantize import quantize_static_int8

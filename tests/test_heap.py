@@ -66,4 +66,3 @@ def test_the_pipeline_loop_trims_while_it_runs(tmp_path):
     elapsed = time.monotonic() - began
     assert stream.state.windows >= 2
     assert 5 <= pipeline.heap.trims <= elapsed / 0.5 + 1, (pipeline.heap.trims, elapsed)  # due ones, no more
-

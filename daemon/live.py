@@ -117,8 +117,7 @@ def build_source(spec: InputSpec, args: argparse.Namespace, cfg: Config, rate: i
     try:
         device = resolve(spec.device)
     except DeviceError as exc:
-        raise DeviceError(f"{exc}: no microphone to listen to (connect one, choose it with --device; "
-                          "spkrec devices lists them; --demo plays the demo)") from None
+        raise DeviceError(f"no microphone to listen to: {exc}; --demo plays the demo instead") from None
     # Device status events reach the sinks once the stream exists (see run_live).
     return MicrophoneSource(device, rate, block_s, cfg.audio.queue_s, cfg.audio.reconnect_max_s, lambda e: None)
 

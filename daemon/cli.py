@@ -168,6 +168,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "/etc/spkrec/config.toml: the first that exists) and flags, each key followed by "
                                    "where its value came from. Exits 2 with one line if the configuration is invalid.")
     p.add_argument("--plain", action="store_true", help="TOML only, without the origin comments")
+
+    p = sub.add_parser("doctor", parents=[common], help="check this install: packages, torch, audio, model, folders",
+                       description="Check the install the way a support engineer would, one line per check (✓ fine, "
+                                   "! look at this, ✗ broken, with the fix): Python and core packages, the training "
+                                   "extra (torch, torchaudio, torchvision each run once), ONNX Runtime and its "
+                                   "providers, PortAudio and input devices, the model's checksum, the config in force, "
+                                   "the gallery and cache folders, voiceprints made with another model, and the int8 "
+                                   "copy's agreement with fp32 on this CPU. Exit 0 when nothing is ✗, else 1.")
+    p.add_argument("--json", action="store_true", help="one JSON object: ok, seconds, checks")
     return {"identify": cmd_identify, "live": cmd_live, "devices": cmd_devices, "enroll": cmd_enroll,
             "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate, "label": cmd_label,
             "config": cmd_config, "door": cmd_door, "systemd-unit": cmd_systemd_unit}
@@ -200,6 +209,10 @@ def _overrides(args: argparse.Namespace) -> dict:
 def run(argv: list[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "doctor":  # reports a broken config as one of its checks instead of stopping at it
+        from .doctor import doctor
+
+        return doctor(args.config, args.json)
     try:
         cfg = load_config(args.config, _overrides(args))
         return handlers[args.command](args, cfg)
@@ -212,12 +225,31 @@ def run(argv: list[str] | None = None) -> int:
                   "pip install 'spkrec[train]'", file=sys.stderr)
             return 2
         raise
+    except (ImportError, OSError) as exc:
+        broken = _broken_train_module(exc)
+        if broken is None:
+            raise
+        print(f"spkrec: error: `spkrec {args.command}` cannot load {broken} ({type(exc).__name__}: "
+              f"{str(exc).strip().splitlines()[-1][:160]}): `spkrec doctor` names the fix", file=sys.stderr)
+        return 2
     except subprocess.CalledProcessError as exc:  # apt-get, dpkg-deb, pip... (default-model --rebuild, weights)
         print(f"spkrec: error: {_program_failed(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("spkrec: interrupted", file=sys.stderr)
         return 130
+
+
+def _broken_train_module(exc: BaseException) -> str | None:
+    """The training package (torch, torchaudio, ...) whose own code raised ``exc`` while loading,
+    e.g. a torchaudio built for another torch; None when the error is not theirs."""
+    tb = exc.__traceback__
+    while tb is not None:  # the outermost of their frames: the package being imported, not torch's loader
+        found = next((p for p in Path(tb.tb_frame.f_code.co_filename).parts if p in TRAIN_MODULES), None)
+        if found:
+            return found
+        tb = tb.tb_next
+    return None
 
 
 def _program_failed(exc: subprocess.CalledProcessError) -> str:

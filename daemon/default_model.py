@@ -8,7 +8,7 @@ from typing import Callable
 from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
 from spkrec.models.engine import PROVIDERS, Engine, available_providers
-from spkrec.models.precision import choose
+from spkrec.models.precision import NO_RANGES, choose
 from spkrec.models.errors import EngineError, ModelError
 
 
@@ -38,6 +38,8 @@ def open_engine(cfg: Config, warn: Callable[[str], None]) -> Engine:
         warn(reason)
         if engine.device_name == "cpu" and cfg.model.precision == "auto" and engine.precision != "int8":
             engine = _session(cfg, source, "cpu")
+    if engine.precision_note and engine.precision_note != NO_RANGES:
+        warn(f"running {engine.precision}: {engine.precision_note}")
     return engine
 
 
@@ -46,6 +48,6 @@ def _wants_cuda(provider: str) -> bool:
 
 
 def _session(cfg: Config, source: Path, where: str) -> Engine:
-    path, precision = choose(source, cfg.model.precision, where, cfg.cache_dir())
-    return Engine(path, cfg.model.provider, cfg.model.threads, io_binding=cfg.model.io_binding, precision=precision,
-                  source=source)
+    choice = choose(source, cfg.model.precision, where, cfg.cache_dir())
+    return Engine(choice.path, cfg.model.provider, cfg.model.threads, io_binding=cfg.model.io_binding,
+                  precision=choice.precision, source=source, precision_note=choice.note)

@@ -224,7 +224,7 @@ def _metrics(args: argparse.Namespace, cfg: Config, streams: list[Stream], engin
     if not cfg.metrics.listen or getattr(args, "offline", False):
         return None
     server = MetricsServer(cfg.metrics, [s.state for s in streams], engine.provider, engine.precision,
-                           engine.info.fingerprint, str(engine.source))
+                           engine.info.fingerprint, str(engine.source), engine.precision_note)
     shared.append(server.sink)
     say(f"metrics on http://{server.address}/metrics, health on http://{server.address}/health")
     return server

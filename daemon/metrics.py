@@ -89,13 +89,13 @@ class MetricsServer:
     """``/metrics`` (Prometheus text) and ``/health`` (JSON) on a thread of their own."""
 
     def __init__(self, cfg: MetricsConfig, states: Sequence[LiveState], provider: str, precision: str,
-                 fingerprint: str, model: str) -> None:
+                 fingerprint: str, model: str, precision_note: str = "") -> None:
         self.states, self.stale_s = states, cfg.stale_s
         self.registry = CollectorRegistry()
         self.registry.register(StreamCollector(states))
         Info("spkrec_model", "The model served and where it runs", registry=self.registry).info(
             {"version": __version__, "provider": provider, "precision": precision, "fingerprint": fingerprint,
-             "path": model})
+             "path": model, "precision_note": precision_note})
         self.sink = LatencySink(self.registry)
         host, port = listen_address(cfg.listen)
         try:

@@ -136,6 +136,7 @@ class Stream:
         self.emit(StatusEvent("listening", f"listening on {self.source.name}", {
             "source": self.source.name, "rate": w.rate, "native_rate": self.source.native_rate,
             "provider": engine.provider, "precision": engine.precision, "model": str(engine.source),
+            **({"precision_note": engine.precision_note} if engine.precision_note else {}),
             "window_s": w.window / w.rate,
             "hop_s": w.hop / w.rate, **({"demo": True} if self.demo else {})}))
         for notice in self.notices:

@@ -77,7 +77,8 @@ class Engine:
     """One inference session over one spkrec model file."""
 
     def __init__(self, path: str | Path, provider: str = "auto", threads: int = 0, io_binding: bool = False,
-                 cuda_options: dict | None = None, precision: str = "", source: str | Path | None = None) -> None:
+                 cuda_options: dict | None = None, precision: str = "", source: str | Path | None = None,
+                 precision_note: str = "") -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -105,6 +106,7 @@ class Engine:
         self.provider = self.session.get_providers()[0]
         # what runs: "int8" / "fp16" copies say so; fp32 models stored as fp16 still compute in fp32
         self.precision = precision or ("fp32" if self.info.precision.startswith("fp16-") else self.info.precision)
+        self.precision_note = precision_note  # why this is not the copy ``auto`` prefers (models.precision)
         self.last_ms = 0.0
         self._binding = self.session.io_binding() if io_binding and self.provider == PROVIDERS["cuda"] else None
 

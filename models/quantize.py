@@ -5,6 +5,13 @@ slower than fp32 on x86 (README, "CPU: static int8"). Static int8 fixes the rang
 real speech at export (``training.int8`` stamps them into the metadata as ``int8_ranges``), so
 ONNX Runtime runs fused int8 convolutions (QLinearConv, VNNI where the CPU has it).
 
+The recipe depends on the CPU that will run it (ONNX Runtime's quantization guide): uint8
+activations times int8 weights ("u8s8") on CPUs with VNNI and on ARM64, whose dot-product
+instructions do not saturate; uint8 times uint8 ("u8u8") on other x86 CPUs, where u8s8 goes
+through VPMADDUBSW and its saturating 16-bit pair sums (the shipped model's copy fell to cosine
+0.93 of fp32 on an AVX2-only EPYC). ``models.precision`` checks every copy against fp32 on the
+machine before using it (``models.agreement``).
+
 The int8 copy is not shipped: the package holds one model file. It is built from that file and
 its ranges (``ModelInfo.int8_ranges``) on first use on a CPU, in a few seconds, and cached
 (``models.precision``), so every later start loads it directly. What is quantised: the
@@ -18,14 +25,50 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 
-QUANTIZER = "qdq-u8s8-pc-v1"  # in the cache key: a new recipe builds new copies
+QUANTIZER = "qdq-pc-v2"  # in the cache key with the recipe: a new quantiser builds new copies
 OP_TYPES = ["Conv", "Add"]
+RECIPES = ("u8s8", "u8u8")
+
+
+def cpu_features() -> set[str]:
+    """The CPU's instruction-set features as CPUID reports them (numpy's runtime dispatch
+    reads them; /proc/cpuinfo is the fall-back), upper-case: AVX2, AVX512VNNI, ASIMDDP..."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy 1.x
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            __cpu_features__ = {}
+    found = {name.upper() for name, on in __cpu_features__.items() if on}
+    if not found:
+        try:
+            flags = next((line for line in open("/proc/cpuinfo") if line.startswith(("flags", "Features"))), "")
+            found = {f.upper().replace("_", "") for f in flags.split(":", 1)[-1].split()}
+        except OSError:
+            pass
+    return found
+
+
+def cpu_class() -> str:
+    """'vnni' (x86 with AVX512-VNNI or AVX-VNNI), 'arm64', or 'x86' (AVX2 or older, no VNNI)."""
+    import platform
+
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return "arm64"
+    features = cpu_features()
+    return "vnni" if {"AVX512VNNI", "AVXVNNI"} & features else "x86"
+
+
+def recipe_for(cpu: str) -> str:
+    """The int8 recipe whose kernels do not saturate on this class of CPU."""
+    return "u8s8" if cpu in ("vnni", "arm64") else "u8u8"
 
 
 def is_frontend(name: str) -> bool:
@@ -63,8 +106,10 @@ def float_initializers(model) -> None:
         graph.initializer.remove(initializers[name])
 
 
-def quantize_static_int8(src: Path, dst: Path, ranges: dict[str, tuple[float, float]]) -> None:
-    """Write the static int8 (QDQ) copy of ``src`` to ``dst`` (atomically), from ``ranges``."""
+def quantize_static_int8(src: Path, dst: Path, ranges: dict[str, tuple[float, float]], recipe: str = "u8s8") -> None:
+    """Write the static int8 (QDQ) copy of ``src`` to ``dst`` (atomically), from ``ranges``:
+    activations uint8, weights per output channel int8 (``u8s8``, symmetric) or uint8
+    (``u8u8``, asymmetric)."""
     import onnx
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
@@ -79,14 +124,17 @@ def quantize_static_int8(src: Path, dst: Path, ranges: dict[str, tuple[float, fl
     level = root.level
     root.setLevel(max(level, logging.ERROR))
     try:
-        quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, QuantType.QUInt8, tensors, [], excluded_nodes(model),
-                                 OP_TYPES, {"ActivationSymmetric": False, "WeightSymmetric": True})
+        signed = recipe == "u8s8"
+        quantizer = QDQQuantizer(model, per_channel=True, reduce_range=False,
+                                 weight_qType=QuantType.QInt8 if signed else QuantType.QUInt8,
+                                 activation_qType=QuantType.QUInt8, tensors_range=tensors, nodes_to_quantize=[],
+                                 nodes_to_exclude=excluded_nodes(model), op_types_to_quantize=OP_TYPES,
+                                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": signed})
         quantizer.quantize_model()
     finally:
         root.setLevel(level)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".tmp")
-    os.close(fd)
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # named after its copy: a crash's leftover is swept with it
     try:
         onnx.save(quantizer.model.model, tmp)
         os.replace(tmp, dst)

@@ -8,9 +8,10 @@ network because it acts on features.
 from __future__ import annotations
 
 import torch
-import torchaudio
 
 from spkrec.models.config import AugmentConfig
+
+from .torchaudio_ops import add_noise, fftconvolve
 
 
 def coloured_noise(shape: tuple[int, int], exponent: torch.Tensor, generator: torch.Generator,
@@ -57,7 +58,7 @@ class Augmenter:
             if rows.any():
                 k = int(rows.sum())
                 rir = synthetic_rir(k, self.rate, self._uniform(k, *cfg.rt60_s), self.generator, self.device)
-                wet = torchaudio.functional.fftconvolve(batch[rows], rir)[:, :length]
+                wet = fftconvolve(batch[rows], rir)[:, :length]
                 batch = batch.clone()
                 batch[rows] = wet * (batch[rows].std(dim=1, keepdim=True) / wet.std(dim=1, keepdim=True).clamp(min=1e-8))
         if cfg.noise_prob > 0:
@@ -67,7 +68,7 @@ class Augmenter:
                 noise = coloured_noise((k, length), self._uniform(k, 0.0, 2.0), self.generator, self.device)
                 snr = self._uniform(k, *cfg.snr_db)
                 batch = batch.clone()
-                batch[rows] = torchaudio.functional.add_noise(batch[rows], noise, snr)
+                batch[rows] = add_noise(batch[rows], noise, snr)
         if cfg.gain_db > 0:
             gain_db = self._uniform(n, -cfg.gain_db, cfg.gain_db)
             batch = batch * (10.0 ** (gain_db / 20.0))[:, None]

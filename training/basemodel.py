@@ -102,7 +102,7 @@ def held_out_voices(labels: list[str], count: int) -> list[str]:
 def speed_copies(audio: torch.Tensor, factors: tuple[float, ...]) -> list[torch.Tensor]:
     """The voice at each speed (0.9 = slower and lower): a changed vocal tract length sounds like
     another person, so each copy is trained as a speaker of its own (Kaldi / WeSpeaker practice)."""
-    import torchaudio
+    from .torchaudio_ops import resample
 
     out = []
     for f in factors:
@@ -110,7 +110,7 @@ def speed_copies(audio: torch.Tensor, factors: tuple[float, ...]) -> list[torch.
             out.append(audio)
             continue
         num = round(f * 10)
-        out.append(torchaudio.functional.resample(audio[None], orig_freq=num, new_freq=10)[0])
+        out.append(resample(audio[None], num, 10)[0])
     return out
 
 

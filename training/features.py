@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torchaudio
 from torch import nn
+
+from . import torchaudio_ops
 
 
 class LogMel(nn.Module):
@@ -31,9 +32,8 @@ class LogMel(nn.Module):
         angle = 2 * math.pi * k * t / n_fft
         basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window], dim=0)
         self.register_buffer("basis", basis[:, None, :].float(), persistent=False)
-        fbank = torchaudio.functional.melscale_fbanks(
-            n_freqs, f_min, f_max or sample_rate / 2, n_mels, sample_rate, norm="slaney", mel_scale="slaney"
-        )  # [n_freqs, n_mels]
+        fbank = torchaudio_ops.mel_filterbank(n_freqs, f_min, f_max or sample_rate / 2, n_mels,
+                                              sample_rate)  # [n_freqs, n_mels]
         self.register_buffer("fbank", fbank.T.contiguous().float(), persistent=False)
         self.n_freqs = n_freqs
 
@@ -51,8 +51,8 @@ class SpecAugment(nn.Module):
 
     def __init__(self, freq_mask_bins: int, time_mask_frames: int) -> None:
         super().__init__()
-        self.freq = torchaudio.transforms.FrequencyMasking(freq_mask_bins, iid_masks=True) if freq_mask_bins else None
-        self.time = torchaudio.transforms.TimeMasking(time_mask_frames, iid_masks=True) if time_mask_frames else None
+        self.freq = torchaudio_ops.frequency_masking(freq_mask_bins) if freq_mask_bins else None
+        self.time = torchaudio_ops.time_masking(time_mask_frames) if time_mask_frames else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if not self.training:

@@ -66,7 +66,7 @@ def run_one(strategy: str, seconds: float, cache: Path) -> dict:
     from spkrec.models.engine import Engine
     from spkrec.models.precision import choose
 
-    path, precision = choose(base_model_path(), "int8", "cpu", cache)
+    path, precision, _ = choose(base_model_path(), "int8", "cpu", cache)
     engine = Engine(path, "cpu", precision=precision)
     samples = engine.info.window_samples
     stop = threading.Event()

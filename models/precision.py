@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .agreement import AGREEMENT, check_windows, min_cosine
-from .errors import ModelError
+from .errors import ModelError, SpkrecError
+from .private import private_dir
 
 PRECISIONS = ("auto", "fp32", "int8", "fp16")
 NO_RANGES = "no int8 calibration in the model"
@@ -81,10 +82,13 @@ def int8_model(path: Path, cache_dir: Path, required: bool) -> tuple[Path | None
             return copy, ""
         try:
             built, why = _build_int8(path, copy, recipe, required)
-        except OSError as exc:  # a cache folder that cannot be written: auto runs fp32, asked-for int8 says why
+        except ModelError:
+            raise
+        except (OSError, SpkrecError) as exc:  # a cache that cannot be written: auto runs fp32, asked-for int8 says why
+            why = getattr(exc, "strerror", None) or exc
             if required:
-                raise ModelError(f"cannot write the int8 copy of {path} to {copy.parent}: {exc.strerror or exc}") from None
-            return None, f"the int8 copy cannot be cached in {copy.parent} ({exc.strerror or exc})"
+                raise ModelError(f"cannot write the int8 copy of {path} to {copy.parent}: {why}") from None
+            return None, f"the int8 copy cannot be cached in {copy.parent} ({why})"
         if built is not None:
             return built, ""
         if why == NO_RANGES:
@@ -122,7 +126,7 @@ def _build_int8(path: Path, copy: Path, recipe: str, required: bool) -> tuple[Pa
 
 
 def _refuse(verdict: Path, why: str) -> tuple[None, str]:
-    verdict.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(verdict.parent)
     verdict.write_text(why + "\n")
     _drop_stale(verdict)
     return None, why

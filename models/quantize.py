@@ -7,10 +7,13 @@ ONNX Runtime runs fused int8 convolutions (QLinearConv, VNNI where the CPU has i
 
 The recipe depends on the CPU that will run it (ONNX Runtime's quantization guide): uint8
 activations times int8 weights ("u8s8") on CPUs with VNNI and on ARM64, whose dot-product
-instructions do not saturate; uint8 times uint8 ("u8u8") on other x86 CPUs, where u8s8 goes
-through VPMADDUBSW and its saturating 16-bit pair sums (the shipped model's copy fell to cosine
-0.93 of fp32 on an AVX2-only EPYC). ``models.precision`` checks every copy against fp32 on the
-machine before using it (``models.agreement``).
+instructions do not saturate. On other x86 CPUs u8s8 goes through VPMADDUBSW, whose 16-bit sums
+of two products saturate (the shipped model's copy fell to cosine 0.93 of fp32 on an AVX2-only
+EPYC): there the weights take 7 bits ("u8s7", ONNX Runtime's reduce_range), so two products
+can no longer overflow, on the same fast kernels. "u8u8" (uint8 weights, a kernel that never
+saturates, but slower than fp32 where it was timed) is the fall-back when a copy disagrees.
+``models.precision`` checks every copy against fp32 on the machine before using it
+(``models.agreement``).
 
 The int8 copy is not shipped: the package holds one model file. It is built from that file and
 its ranges (``ModelInfo.int8_ranges``) on first use on a CPU, in a few seconds, and cached
@@ -29,10 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .private import private_dir
+
 
 QUANTIZER = "qdq-pc-v2"  # in the cache key with the recipe: a new quantiser builds new copies
 OP_TYPES = ["Conv", "Add"]
-RECIPES = ("u8s8", "u8u8")
+RECIPES = ("u8s8", "u8s7", "u8u8")
 
 
 def cpu_features() -> set[str]:
@@ -67,8 +72,8 @@ def cpu_class() -> str:
 
 
 def recipe_for(cpu: str) -> str:
-    """The int8 recipe whose kernels do not saturate on this class of CPU."""
-    return "u8s8" if cpu in ("vnni", "arm64") else "u8u8"
+    """The fastest int8 recipe whose kernels do not saturate on this class of CPU."""
+    return "u8s8" if cpu in ("vnni", "arm64") else "u8s7"
 
 
 def is_frontend(name: str) -> bool:
@@ -108,8 +113,8 @@ def float_initializers(model) -> None:
 
 def quantize_static_int8(src: Path, dst: Path, ranges: dict[str, tuple[float, float]], recipe: str = "u8s8") -> None:
     """Write the static int8 (QDQ) copy of ``src`` to ``dst`` (atomically), from ``ranges``:
-    activations uint8, weights per output channel int8 (``u8s8``, symmetric) or uint8
-    (``u8u8``, asymmetric)."""
+    activations uint8, weights per output channel int8 (``u8s8``; ``u8s7`` in 7 bits; both
+    symmetric) or uint8 (``u8u8``, asymmetric)."""
     import onnx
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
@@ -124,8 +129,8 @@ def quantize_static_int8(src: Path, dst: Path, ranges: dict[str, tuple[float, fl
     level = root.level
     root.setLevel(max(level, logging.ERROR))
     try:
-        signed = recipe == "u8s8"
-        quantizer = QDQQuantizer(model, per_channel=True, reduce_range=False,
+        signed = recipe in ("u8s8", "u8s7")
+        quantizer = QDQQuantizer(model, per_channel=True, reduce_range=recipe == "u8s7",
                                  weight_qType=QuantType.QInt8 if signed else QuantType.QUInt8,
                                  activation_qType=QuantType.QUInt8, tensors_range=tensors, nodes_to_quantize=[],
                                  nodes_to_exclude=excluded_nodes(model), op_types_to_quantize=OP_TYPES,
@@ -133,7 +138,7 @@ def quantize_static_int8(src: Path, dst: Path, ranges: dict[str, tuple[float, fl
         quantizer.quantize_model()
     finally:
         root.setLevel(level)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(dst.parent)  # the cache is created owner-only, as every folder spkrec makes for itself
     tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # named after its copy: a crash's leftover is swept with it
     try:
         onnx.save(quantizer.model.model, tmp)

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spkrec.models import __version__
-from spkrec.models.config import FLAG, Config, load_config
+from spkrec.models.config import FLAG, Config, choices, load_config
 from spkrec.models.errors import SpkrecError
 
 Handler = Callable[[argparse.Namespace, Config], int]
@@ -39,9 +39,9 @@ def _common() -> argparse.ArgumentParser:
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", dest="model.path", metavar="PATH", help="spkrec ONNX model [model.path]")
-    p.add_argument("--provider", dest="model.provider", choices=("auto", "cpu", "cuda"),
+    p.add_argument("--provider", dest="model.provider", choices=choices("model.provider"),
                    help="ONNX Runtime execution provider [model.provider]")
-    p.add_argument("--precision", dest="model.precision", choices=("auto", "fp32", "int8", "fp16"),
+    p.add_argument("--precision", dest="model.precision", choices=choices("model.precision"),
                    help="which copy of the model runs: auto = static int8 on the CPU, fp16 on CUDA [model.precision]")
 
 
@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "the terminal UI: for a service")
     p.add_argument("--metrics", dest="metrics.listen", metavar="HOST:PORT",
                    help="serve Prometheus /metrics and /health here, '' = off [metrics.listen]")
-    p.add_argument("--log-level", dest="log.level", choices=("debug", "info", "warning", "error"),
+    p.add_argument("--log-level", dest="log.level", choices=choices("log.level"),
                    help="with --no-ui: the least important lines logged; debug logs every scored window [log.level]")
     p.add_argument("--window", dest="stream.window_s", type=float, metavar="S",
                    help="scored window in seconds (default: the model's) [stream.window_s]")
@@ -277,8 +277,7 @@ def cmd_live(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_label(args: argparse.Namespace, cfg: Config) -> int:
     from .live import run_live
 
-    args.meeting, args.offline, args.fast, args.no_ui, args.progress = True, True, True, True, True
-    args.inputs = [args.input]
+    args.mode, args.inputs, args.fast, args.no_ui = "label", [args.input], True, True  # daemon/modes.py: "label"
     return run_live(args, cfg)
 
 

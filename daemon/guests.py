@@ -12,7 +12,6 @@ import numpy as np
 from spkrec.models.errors import GalleryError
 from spkrec.models.private import write_private
 
-GUEST_PREFIX = "Guest"
 
 
 def save_guests(path: Path, fingerprint: str, guests: Sequence[tuple[str, np.ndarray, float]]) -> None:

@@ -31,6 +31,7 @@ from .events import StatusEvent
 from .identify import skipped_voices
 from .meeting import LiveMeeting, Meeting, Namer, OfflineMeeting, summary
 from .metrics import MetricsServer
+from .modes import Mode, door_left_out, mode_of
 from .pipeline import Pipeline, Stream
 from .roster import Roster
 from .service import Supervisor, SystemdNotifier
@@ -122,12 +123,12 @@ def build_source(spec: InputSpec, args: argparse.Namespace, cfg: Config, rate: i
     return MicrophoneSource(device, rate, block_s, cfg.audio.queue_s, cfg.audio.reconnect_max_s, lambda e: None)
 
 
-def _shared_sinks(args: argparse.Namespace, cfg: Config, states: list[LiveState], threshold: float,
+def _shared_sinks(args: argparse.Namespace, mode: Mode, cfg: Config, states: list[LiveState], threshold: float,
                   duration_s: float, console: Console, logger: logging.Logger | None) -> list:
     sinks: list = []
     if args.events:
         sinks.append(JsonlSink(args.events))
-    if getattr(args, "progress", False):
+    if mode.screen == "progress":
         sinks.append(ProgressSink(duration_s, console))
     elif logger is not None:
         sinks.append(LogSink(logger, tag_streams=len(states) > 1))
@@ -139,18 +140,20 @@ def _shared_sinks(args: argparse.Namespace, cfg: Config, states: list[LiveState]
 def run_live(args: argparse.Namespace, cfg: Config) -> int:
     console = Console(stderr=True)
     # --no-ui (a service): every line through the log, with time and level; `spkrec label` keeps its progress bar
-    logger = logs.setup(cfg.log.level) if args.no_ui and not getattr(args, "progress", False) else None
+    asked = mode_of(args)  # the demo, if it comes to that, is known only once the microphone is looked for
+    logger = logs.setup(cfg.log.level) if args.no_ui and asked.screen != "progress" else None
     warn = logger.warning if logger is not None else logs.console_warning(console)
     on_screen = warn if logger is None else None  # start warnings: said now for a person; a log gets the event
     engine = open_engine(cfg, warn)
     info = engine.info
     specs = input_specs(args, cfg)
-    if getattr(args, "meeting", False) and len(specs) > 1:
+    if asked.decider == "live-meeting" and len(specs) > 1:
         raise SpkrecError("meeting mode labels one input at a time: give one --device or --input")
     engine.warm_up_batches(len(specs))  # a new batch shape's first call is slow (README, GPU)
     window_s = cfg.stream.window_s or info.window_s
     hop_s = cfg.stream.hop_s or info.hop_s
-    demo = wants_demo(args, cfg, console)
+    mode = mode_of(args, wants_demo(args, cfg, console))
+    demo = mode.sources == "demo"
     if demo:  # the demo enrolls its voices into a gallery of its own; the user's is never touched
         specs = [InputSpec("demo")]
         sources = [demo_source(cfg, info.sample_rate)]
@@ -166,7 +169,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     streams, points = [], []
     for spec, source in zip(specs, sources):
         door = cfg.door_for(spec.name)
-        point = decision_point(cfg, info, opened, door=bool(door.authorized))
+        point = decision_point(cfg, info, opened, door=mode.door and bool(door.authorized))
         state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
                           timeline_s=cfg.ui.timeline_s, demo=demo, name=spec.name)
         decider = Decider(roster, DeciderSettings(point.threshold, cfg.decision.margin, cfg.stream.smoothing,
@@ -176,25 +179,27 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         points.append(point)
     roster.report = streams[0].emit  # from the pipeline thread, which reads the roster
     namer = Namer(roster, points[0].threshold, cfg.stream.smoothing)
-    meeting = _meeting(args, cfg, info, namer, window_s, hop_s, streams[0].source.name)
+    meeting = _meeting(args, mode, cfg, info, namer, window_s, hop_s, streams[0].source.name)
     if meeting is not None and not meeting.scales.measured:
         _notice(streams[0], "the model carries no clustering scales (exported before they existed): meetings "
                             "cluster on its window eer and split voices more; python -m spkrec.training.scales "
                             "stamps them", on_screen)
     duration = sum(getattr(s.source, "duration_s", 0.0) for s in streams)
-    shared = _shared_sinks(args, cfg, [s.state for s in streams], points[0].threshold, duration, console, logger)
+    shared = _shared_sinks(args, mode, cfg, [s.state for s in streams], points[0].threshold, duration, console, logger)
     for stream, point in zip(streams, points):
         if meeting is not None:
             stream.decider = meeting.decider(stream.decider, stream.emit)
             stream.sinks[:0] = meeting.sinks()  # turns close before the UI and event log see "stopped"
         door = cfg.door_for(stream.name)
-        if door.authorized:
+        if door.authorized and not mode.door:
+            _notice(stream, door_left_out(mode), on_screen, len(streams) > 1)
+        elif door.authorized:
             stream.sinks.append(DoorSink(door, stream.emit))  # its worker's reports reach the pipeline thread
             for warning in door_warnings(door, roster, opened, info.fingerprint, point):
                 _notice(stream, warning, on_screen, len(streams) > 1)
         if hasattr(stream.source, "on_status"):
             stream.source.on_status = stream.emit  # device status: posted to the pipeline thread
-    metrics = _metrics(args, cfg, streams, engine, shared, say=logger.info if logger is not None else console.print)
+    metrics = _metrics(mode, cfg, streams, engine, shared, say=logger.info if logger is not None else console.print)
     supervisor = Supervisor(SystemdNotifier(), [*shared, *(sink for s in streams for sink in s.sinks)],
                             lambda: "listening on " + ", ".join(s.source.name for s in streams))
     pipeline = Pipeline(streams, engine, shared, cfg.stream.batch_wait_s, supervisor=supervisor)
@@ -210,7 +215,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
             signal.signal(sig, handler)
         if metrics is not None:
             metrics.close()
-    if meeting is not None:
+    if mode.summary == "meeting":
         print_meeting_summary(meeting, streams[0].state, console, logger)
     else:
         for stream in streams:
@@ -218,10 +223,10 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _metrics(args: argparse.Namespace, cfg: Config, streams: list[Stream], engine, shared: list,
+def _metrics(mode: Mode, cfg: Config, streams: list[Stream], engine, shared: list,
              say: Callable[[str], None]) -> MetricsServer | None:
     """The Prometheus endpoint of a live daemon ([metrics] listen); `spkrec label` is a job, not a service."""
-    if not cfg.metrics.listen or getattr(args, "offline", False):
+    if not cfg.metrics.listen or not mode.metrics:
         return None
     server = MetricsServer(cfg.metrics, [s.state for s in streams], engine.provider, engine.precision,
                            engine.info.fingerprint, str(engine.source), engine.precision_note)
@@ -257,10 +262,10 @@ def door_warnings(door: DoorConfig, roster: Roster, gallery: Gallery | None, fin
     return warnings
 
 
-def _meeting(args: argparse.Namespace, cfg: Config, info: ModelInfo, namer: Namer, window_s: float, hop_s: float,
-             source_name: str) -> Meeting | None:
+def _meeting(args: argparse.Namespace, mode: Mode, cfg: Config, info: ModelInfo, namer: Namer, window_s: float,
+             hop_s: float, source_name: str) -> Meeting | None:
     """``spkrec label`` clusters the whole recording when it ends; ``--meeting`` live, as it goes."""
-    if not getattr(args, "meeting", False):
+    if mode.decider not in ("live-meeting", "offline-meeting"):
         return None
     rttm = Path(args.rttm) if getattr(args, "rttm", None) else None
     guests = Path(args.guests) if getattr(args, "guests", None) else (
@@ -269,7 +274,7 @@ def _meeting(args: argparse.Namespace, cfg: Config, info: ModelInfo, namer: Name
     file_id = Path(_split_name(files[0])[1]).stem if files else Path(source_name).stem or "live"
     scales = Scales.of(info.thresholds)
     common = (cfg.meeting, scales, namer, window_s, hop_s, info.fingerprint, rttm, guests, file_id)
-    if getattr(args, "offline", False):
+    if mode.decider == "offline-meeting":
         return OfflineMeeting(*common)
     return LiveMeeting(*common)
 

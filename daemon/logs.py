@@ -15,8 +15,10 @@ import sys
 from datetime import datetime
 from typing import Callable, TextIO
 
+from spkrec.models.config import choices
+
 LOGGER = "spkrec"
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+LEVELS = {name: logging.getLevelName(name.upper()) for name in choices("log.level")}  # [log] level's names
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 

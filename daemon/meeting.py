@@ -30,12 +30,12 @@ import numpy as np
 from spkrec.models.clustering import SEGMENT_WINDOWS, Scales, by_first_appearance, centroids_of, cluster
 from spkrec.models.config import MeetingConfig
 from spkrec.models.private import open_private
-from spkrec.models.scoring import normalize
+from spkrec.models.scoring import guest_label, is_guest, normalize
 from spkrec.models.segmentation import FRAME_S, Frame, Turn, TurnBuilder, WindowRecord, frames
 
 from .decisions import Decider, Roster
 from .events import Event, RelabelEvent, SilenceEvent, SpeakerEvent, TurnEvent
-from .guests import GUEST_PREFIX, save_guests
+from .guests import save_guests
 from .incremental import KEEP_WINDOWS, IncrementalClusterer
 from .windowing import Window
 
@@ -223,7 +223,7 @@ class Meeting:
         name = self.namer.name(windows) if windows is not None else None
         if name is None and key not in self.names:
             self.guest_count += 1
-            name = f"{GUEST_PREFIX} {self.guest_count}"
+            name = guest_label(self.guest_count)
         if name is not None:
             self.names[key] = name
         return self.names[key]
@@ -310,7 +310,7 @@ class OfflineMeeting(Meeting):
         labels, embeddings = self.clusters
         seconds = np.array(self.seconds)
         return [(label, embeddings[labels == k][-KEEP_WINDOWS:], float(seconds[labels == k].sum()))
-                for k, label in self.names.items() if label.startswith(GUEST_PREFIX + " ")]
+                for k, label in self.names.items() if is_guest(label)]
 
 
 class LiveMeeting(Meeting):
@@ -398,7 +398,7 @@ class LiveMeeting(Meeting):
     def _two_people(self, a: int, b: int) -> bool:
         """Speakers named after two different enrolled voices: the decision rule tells them apart."""
         names = [self.names.get(n, "") for n in (a, b)]
-        return all(n and not n.startswith(GUEST_PREFIX + " ") for n in names) and names[0] != names[1]
+        return all(n and not is_guest(n) for n in names) and names[0] != names[1]
 
     def _follow_merges(self) -> None:
         """The merged speaker's turns take the survivor's label, or the survivor takes theirs
@@ -407,7 +407,7 @@ class LiveMeeting(Meeting):
             was, now = self.names.get(gone), self.names.get(into)  # ``gone`` kept: open turns resolve through it
             if was is None:
                 continue
-            if now is None or (now.startswith(GUEST_PREFIX + " ") and not was.startswith(GUEST_PREFIX + " ")):
+            if now is None or (is_guest(now) and not is_guest(was)):
                 self.names[into] = was
                 if now is not None:
                     self._relabel(now, was)
@@ -420,7 +420,7 @@ class LiveMeeting(Meeting):
         sizes = self.clusterer.sizes()
         for number in self.clusterer.speakers:
             was = self.names.get(number)
-            if sizes[number] < SEGMENT_WINDOWS or (was is not None and not was.startswith(GUEST_PREFIX + " ")):
+            if sizes[number] < SEGMENT_WINDOWS or (was is not None and not is_guest(was)):
                 continue
             name = self.namer.name(self.clusterer.windows_of(number)[0])
             if name is not None:
@@ -430,7 +430,7 @@ class LiveMeeting(Meeting):
 
     def guests(self) -> list[tuple[str, np.ndarray, float]]:
         return [(label, *self.clusterer.windows_of(number)) for number, label in self.names.items()
-                if number in self.clusterer.speakers and label.startswith(GUEST_PREFIX + " ")]
+                if number in self.clusterer.speakers and is_guest(label)]
 
 
 class _MeetingEnd:

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, get_type_hints
 
+from .engine import PROVIDERS
 from .errors import ConfigError
+from .precision import PRECISIONS
 
 SYSTEM_CONFIG = Path("/etc/spkrec/config.toml")
 FLAG = "command line"  # the origin of a value set by a flag
@@ -40,10 +42,10 @@ def _opt(default: Any, *, lo: float | None = None, hi: float | None = None,
 @dataclass
 class ModelConfig:
     path: str = _opt("")
-    provider: str = _opt("auto", choices=("auto", "cpu", "cuda"))
+    provider: str = _opt("auto", choices=("auto", *PROVIDERS))
     threads: int = _opt(0, lo=0, hi=256)
     io_binding: bool = _opt(False)
-    precision: str = _opt("auto", choices=("auto", "fp32", "int8", "fp16"))
+    precision: str = _opt("auto", choices=PRECISIONS)
 
 
 @dataclass
@@ -246,12 +248,13 @@ class Config:
         base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
         return Path(base) / "spkrec" / "gallery.sqlite"
 
-    def threshold_for(self, thresholds: Mapping[str, float], calibrated: float | None = None) -> float:
-        """The decision threshold for a model's ``thresholds`` and a gallery's calibrated one, if any
-        (the rule itself lives in models.thresholds, with the door's and the meetings')."""
-        from .thresholds import resolve
+def choices(key: str) -> tuple:
+    """The values a dotted key accepts (``"model.precision"``), from its field: what a flag that
+    sets the key offers, so the list is written once."""
+    section, name = key.split(".")
+    kind = get_type_hints(Config)[section]
+    return next(f for f in dataclasses.fields(kind) if f.name == name).metadata["choices"]
 
-        return resolve(self.decision, thresholds, {"threshold": calibrated} if calibrated is not None else None).threshold
 
 def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
     """Coerce and validate one leaf value, raising ConfigError that names ``key``."""

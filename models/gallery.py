@@ -13,7 +13,6 @@ take the database file's permissions) and every export are owner-only, whatever 
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import numpy as np
 
 from .errors import GalleryError
 from .private import touch_private, write_private
-from .scoring import UNKNOWN, mean_embedding
+from .scoring import UNKNOWN, is_guest, mean_embedding
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -47,14 +46,15 @@ CREATE TABLE IF NOT EXISTS windows (
 
 # Labels the daemon gives voices nobody enrolled: a speaker enrolled under one of them could not be
 # told from a stranger or a meeting guest (and a door rule for "Guest 1" would open for anyone).
-_RESERVED = re.compile(rf"^(?:{UNKNOWN}|guest[\s_-]*\d+)$", re.IGNORECASE)
+def _reserved(name: str) -> bool:
+    return name.lower() == UNKNOWN or is_guest(name)
 
 
 def check_name(name: str) -> None:
     """Refuse a name that cannot be told apart in decisions, logs and RTTM files."""
     if not name or name != name.strip():
         raise GalleryError(f"speaker name {name!r} must be non-empty without leading or trailing spaces")
-    if _RESERVED.match(name):
+    if _reserved(name):
         raise GalleryError(f"speaker name {name!r} is reserved: spkrec labels strangers 'unknown' and meeting guests "
                            "'Guest N'; choose another name")
 

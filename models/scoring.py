@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 UNKNOWN = "unknown"
+GUEST_PREFIX = "Guest"  # meeting mode's voices nobody enrolled: "Guest 1", "Guest 2", ...
+_GUEST = re.compile(rf"^{GUEST_PREFIX}[\s_-]*\d+$", re.IGNORECASE)  # also as RTTM writes it ("Guest_1")
+
+
+def guest_label(number: int) -> str:
+    return f"{GUEST_PREFIX} {number}"
+
+
+def is_guest(label: str) -> bool:
+    """A meeting guest's label, however it is spelt: never an enrolled name (the gallery refuses it)."""
+    return bool(_GUEST.match(label))
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

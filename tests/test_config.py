@@ -115,12 +115,15 @@ def test_broken_config_is_one_line_error_on_cli(tmp_path):
 
 
 def test_threshold_prefers_the_gallery_calibration_under_auto():
+    from spkrec.models.thresholds import resolve
+
     cfg = load_config(None)
     model = {"eer": 0.4, "far1": 0.7}
+    calibrated = {"threshold": 0.55}
     assert cfg.decision.operating_point == "auto"
-    assert cfg.threshold_for(model) == 0.4 and cfg.threshold_for(model, 0.55) == 0.55
+    assert resolve(cfg.decision, model).threshold == 0.4 and resolve(cfg.decision, model, calibrated).threshold == 0.55
     cfg.decision.operating_point = "far1"
-    assert cfg.threshold_for(model, 0.55) == 0.7
+    assert resolve(cfg.decision, model, calibrated).threshold == 0.7
     cfg.decision.operating_point = "calibrated"
     with pytest.raises(ConfigError, match="spkrec calibrate"):
-        cfg.threshold_for(model)
+        resolve(cfg.decision, model)

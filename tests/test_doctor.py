@@ -4,7 +4,6 @@ a damaged model, a broken config and foreign voiceprints are each named in one l
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

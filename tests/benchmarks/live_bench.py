@@ -46,6 +46,7 @@ from spkrec.daemon.windowing import Windower
 from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
 from spkrec.models.democorpus import build_corpus
+from spkrec.models.thresholds import resolve  # noqa: E402
 from spkrec.models.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,7 +152,7 @@ def make_stream(engine: Engine, cfg: Config, wav: Path, realtime: bool, name: st
     info = engine.info
     window_s, hop_s = cfg.stream.window_s or info.window_s, cfg.stream.hop_s or info.hop_s
     source = FileSource(wav, info.sample_rate, cfg.audio.block_s, realtime=realtime)
-    settings = DeciderSettings(cfg.threshold_for(info.thresholds), cfg.decision.margin, cfg.stream.smoothing,
+    settings = DeciderSettings(resolve(cfg.decision, info.thresholds).threshold, cfg.decision.margin, cfg.stream.smoothing,
                                cfg.vad.min_voiced_ratio)
     return Stream(source, Vad(info.sample_rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
                   Windower(info.sample_rate, window_s, hop_s), Decider(lambda: (info.labels, info.prototypes), settings),

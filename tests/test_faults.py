@@ -35,7 +35,7 @@ BLOCK_S = 0.1
 class FakeEngine:
     """Stands in for ONNX Runtime: a fixed embedding per window, so decisions are instant."""
 
-    provider, path, source, precision, last_ms = "fake", Path("fake.onnx"), Path("fake.onnx"), "fp32", 0.0
+    provider, path, source, precision, precision_note, last_ms = "fake", Path("fake.onnx"), Path("fake.onnx"), "fp32", "", 0.0
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         return np.tile(np.array([1.0, 0.0], np.float32), (len(batch), 1))

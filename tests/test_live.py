@@ -257,8 +257,8 @@ def test_cuda_asked_for_by_name_never_quietly_runs_on_the_cpu(monkeypatch, tmp_p
     class FellBack:  # what Engine reports when onnxruntime-gpu is there but cannot load CUDA
         provider, fell_back, device_name = "CPUExecutionProvider", True, "cpu"
 
-        def __init__(self, *args, precision: str = "", **kwargs) -> None:
-            self.precision = precision
+        def __init__(self, *args, precision: str = "", precision_note: str = "", **kwargs) -> None:
+            self.precision, self.precision_note = precision, precision_note
 
     monkeypatch.setattr(default_model, "Engine", FellBack)
     monkeypatch.setattr(default_model, "_wants_cuda", lambda provider: True)  # onnxruntime-gpu installed

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spkrec.models.agreement import WINDOWS
+
 REPO = Path(__file__).resolve().parents[2]
 LIBRI = REPO.parent / "shared" / "data" / "librispeech-test-other"
 VOICES = ("533", "1998", "3005", "2609", "367", "2414")
@@ -46,8 +48,9 @@ def _speech_windows(info, count: int) -> np.ndarray:
     return windows[np.linspace(0, len(windows) - 1, count).astype(int)]
 
 
-def prepare(work: Path, count: int) -> dict:
-    """Here, natively: both recipes' copies, the windows and fp32's embeddings of them."""
+def prepare(work: Path, count: int, synthetic: int = WINDOWS) -> dict:
+    """Here, natively: every recipe's copy, ``count`` speech windows and the first ``synthetic``
+    check windows, and fp32's embeddings of them."""
     from spkrec.models.agreement import check_windows
     from spkrec.models.base import base_model_path
     from spkrec.models.engine import Engine
@@ -55,7 +58,7 @@ def prepare(work: Path, count: int) -> dict:
 
     fp32 = Engine(base_model_path(), provider="cpu")
     speech = _speech_windows(fp32.info, count)
-    synthetic = check_windows(fp32.info.sample_rate, fp32.info.window_samples)
+    synthetic = check_windows(fp32.info.sample_rate, fp32.info.window_samples)[:synthetic]
     np.savez(work / "windows.npz", speech=speech, synthetic=synthetic,
              speech_ref=fp32.embed_windows(speech, 8), synthetic_ref=fp32.embed_windows(synthetic, 8))
     for recipe in RECIPES:

@@ -210,7 +210,7 @@ def run(argv: list[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     if args.command == "doctor":  # reports a broken config as one of its checks instead of stopping at it
-        from .doctor import doctor
+        from spkrec.daemon.commands.doctor import doctor
 
         return doctor(args.config, args.json)
     try:
@@ -269,21 +269,21 @@ def live_main() -> None:
 
 
 def cmd_live(args: argparse.Namespace, cfg: Config) -> int:
-    from .live import run_live
+    from spkrec.daemon.live import run_live
 
     return run_live(args, cfg)
 
 
 def cmd_label(args: argparse.Namespace, cfg: Config) -> int:
-    from .live import run_live
+    from spkrec.daemon.live import run_live
 
     args.mode, args.inputs, args.fast, args.no_ui = "label", [args.input], True, True  # daemon/modes.py: "label"
     return run_live(args, cfg)
 
 
 def _engine(args: argparse.Namespace, cfg: Config):
-    from .default_model import open_engine
-    from .logs import console_warning
+    from spkrec.daemon.default_model import open_engine
+    from spkrec.daemon.service.logs import console_warning
 
     return open_engine(cfg, console_warning(Console(stderr=True)))
 
@@ -294,7 +294,7 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
 
     from spkrec.models.gallery import check_name
 
-    from . import enroll
+    from spkrec.daemon.commands import enroll
 
     check_name(args.name)  # a reserved or malformed name fails before any audio is read
     engine = _engine(args, cfg)
@@ -321,7 +321,7 @@ def _enroll_guest(args: argparse.Namespace, cfg: Config, engine) -> int:
     from spkrec.models.errors import GalleryError
     from spkrec.models.gallery import Gallery
 
-    from .guests import load_guest
+    from spkrec.daemon.meeting.guests import load_guest
 
     if args.guests is None:
         raise GalleryError("--from-guest needs --guests FILE (written next to the meeting's RTTM)")
@@ -382,7 +382,7 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.scoring import mean_embedding
     from spkrec.models.thresholds import decision_point
 
-    from . import enroll
+    from spkrec.daemon.commands import enroll
 
     engine = _engine(args, cfg)
     if not cfg.gallery_path().is_file():
@@ -406,7 +406,7 @@ def cmd_calibrate(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.errors import GalleryError
     from spkrec.models.gallery import Gallery
 
-    from .calibrate import calibrate, impostor_windows
+    from spkrec.daemon.commands.calibrate import calibrate, impostor_windows
 
     console = Console(stderr=True)
     engine = _engine(args, cfg)
@@ -447,7 +447,7 @@ def cmd_calibrate(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_door(args: argparse.Namespace, cfg: Config) -> int:
-    from .door import fire_test
+    from spkrec.daemon.door.hook import fire_test
 
     if args.stream and args.stream not in cfg.inputs:
         raise SpkrecError(f"no input named '{args.stream}' in the config ([inputs.{args.stream}])")
@@ -469,7 +469,7 @@ def cmd_door(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_systemd_unit(args: argparse.Namespace, cfg: Config) -> int:
     from importlib import resources
 
-    unit = resources.files("spkrec.daemon").joinpath("systemd", "user" if args.user else "system", "spkrec.service")
+    unit = resources.files("spkrec.daemon.service").joinpath("systemd", "user" if args.user else "system", "spkrec.service")
     text = unit.read_text(encoding="utf-8")
     here = Path(sys.argv[0]).absolute().with_name("spkrec-live")  # next to this `spkrec` (a venv, pipx's bin)
     live = here if here.is_file() else Path(shutil.which("spkrec-live") or "")
@@ -498,7 +498,7 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
-    from .devices import default_input, list_inputs
+    from spkrec.daemon.pipeline.devices import default_input, list_inputs
 
     inputs = list_inputs()
     if not inputs:
@@ -518,9 +518,9 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.thresholds import decision_point
 
-    from .identify import identify_file, skipped_voices
-    from .live import open_gallery
-    from .roster import Roster
+    from spkrec.daemon.commands.identify import identify_file, skipped_voices
+    from spkrec.daemon.live import open_gallery
+    from spkrec.daemon.pipeline.roster import Roster
 
     files = list(args.files)
     if not cfg.model.path and files and files[0].suffix == ".onnx" and len(files) > 1:

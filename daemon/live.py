@@ -21,26 +21,26 @@ from spkrec.models.errors import DeviceError, SpkrecError
 from spkrec.models.gallery import Gallery
 from spkrec.models.thresholds import OperatingPoint, decision_point
 
-from .decisions import Decider, DeciderSettings
-from .default_model import open_engine
-from .demo import demo_gallery, demo_source
-from .devices import resolve
-from .door import DoorSink
-from . import logs
-from .events import StatusEvent
-from .identify import skipped_voices
-from .meeting import LiveMeeting, Meeting, Namer, OfflineMeeting, summary
-from .metrics import MetricsServer
-from .modes import Mode, door_left_out, mode_of
-from .pipeline import Pipeline, Stream
-from .roster import Roster
-from .service import Supervisor, SystemdNotifier
-from .sinks import JsonlSink, LogSink, ProgressSink
-from .sources import FileSource, MicrophoneSource, StdinSource
-from .state import LiveState
-from .ui import TerminalUI
-from .vad import Vad
-from .windowing import Windower
+from spkrec.daemon.pipeline.decisions import Decider, DeciderSettings
+from spkrec.daemon.default_model import open_engine
+from spkrec.daemon.commands.demo import demo_gallery, demo_source
+from spkrec.daemon.pipeline.devices import resolve
+from spkrec.daemon.door.hook import DoorSink
+from spkrec.daemon.service import logs
+from spkrec.daemon.pipeline.events import StatusEvent
+from spkrec.daemon.commands.identify import skipped_voices
+from spkrec.daemon.meeting.session import LiveMeeting, Meeting, Namer, OfflineMeeting, summary
+from spkrec.daemon.service.metrics import MetricsServer
+from spkrec.daemon.modes import Mode, door_left_out, mode_of
+from spkrec.daemon.pipeline.run import Pipeline, Stream
+from spkrec.daemon.pipeline.roster import Roster
+from spkrec.daemon.service.notify import Supervisor, SystemdNotifier
+from spkrec.daemon.pipeline.sinks import JsonlSink, LogSink, ProgressSink
+from spkrec.daemon.pipeline.sources import FileSource, MicrophoneSource, StdinSource
+from spkrec.daemon.pipeline.state import LiveState
+from spkrec.daemon.ui import TerminalUI
+from spkrec.daemon.pipeline.vad import Vad
+from spkrec.daemon.pipeline.windowing import Windower
 
 
 def open_gallery(cfg: Config) -> Gallery | None:

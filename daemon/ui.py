@@ -17,8 +17,8 @@ from rich.text import Text
 
 from spkrec.models.scoring import UNKNOWN
 
-from .events import Event
-from .state import LiveState
+from spkrec.daemon.pipeline.events import Event
+from spkrec.daemon.pipeline.state import LiveState
 
 PALETTE = ("bright_cyan", "bright_magenta", "bright_green", "bright_yellow", "bright_blue", "bright_red",
            "cyan", "magenta", "green", "yellow", "blue", "red")

@@ -11,8 +11,8 @@ import time
 
 import pytest
 from conftest import Webhook
-from spkrec.daemon.door import DoorSink
-from spkrec.daemon.events import DoorEvent, SilenceEvent, SpeakerEvent, StatusEvent
+from spkrec.daemon.door.hook import DoorSink
+from spkrec.daemon.pipeline.events import DoorEvent, SilenceEvent, SpeakerEvent, StatusEvent
 from spkrec.models.config import DoorConfig
 
 WINDOW, HOP = 2.0, 0.5

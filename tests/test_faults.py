@@ -18,14 +18,14 @@ import pytest
 import soundfile as sf
 
 from conftest import live_exe, speaker_files, wait_for
-from spkrec.daemon import devices, sources
-from spkrec.daemon.decisions import Decider, DeciderSettings
-from spkrec.daemon.events import DoorEvent, SpeakerEvent, StatusEvent
-from spkrec.daemon.pipeline import Pipeline, Stream
-from spkrec.daemon.sources import Block, FileSource, MicrophoneSource
-from spkrec.daemon.state import LiveState
-from spkrec.daemon.vad import Vad
-from spkrec.daemon.windowing import Windower
+from spkrec.daemon.pipeline import devices, sources
+from spkrec.daemon.pipeline.decisions import Decider, DeciderSettings
+from spkrec.daemon.pipeline.events import DoorEvent, SpeakerEvent, StatusEvent
+from spkrec.daemon.pipeline.run import Pipeline, Stream
+from spkrec.daemon.pipeline.sources import Block, FileSource, MicrophoneSource
+from spkrec.daemon.pipeline.state import LiveState
+from spkrec.daemon.pipeline.vad import Vad
+from spkrec.daemon.pipeline.windowing import Windower
 from spkrec.models.errors import AudioError
 
 RATE = 16000

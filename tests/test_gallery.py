@@ -140,7 +140,7 @@ def test_live_roster_picks_up_a_new_gallery_and_reports_a_broken_one(base_model,
     """The daemon starts before anyone is enrolled: the first enrollment creates the gallery and
     is recognised without a restart; a gallery that breaks later is reported once, not swallowed,
     and the voices read before keep being recognised."""
-    from spkrec.daemon.roster import Roster
+    from spkrec.daemon.pipeline.roster import Roster
     from spkrec.models.engine import Engine
 
     info = Engine(base_model, "cpu").info

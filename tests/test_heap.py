@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from spkrec.daemon.heap import HeapTrimmer
-from spkrec.daemon.pipeline import Pipeline
+from spkrec.daemon.service.heap import HeapTrimmer
+from spkrec.daemon.pipeline.run import Pipeline
 from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
 from spkrec.models.engine import Engine
@@ -29,7 +29,7 @@ GLIBC = HeapTrimmer().available
 FREED_BUT_HELD = """
 from pathlib import Path
 import numpy as np
-from spkrec.daemon.heap import HeapTrimmer
+from spkrec.daemon.service.heap import HeapTrimmer
 def rss_mb():
     status = Path("/proc/self/status").read_text().splitlines()
     return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmRSS"))

@@ -152,8 +152,8 @@ def test_no_microphone_on_a_terminal_runs_the_demo_with_enrollment(tmp_path):
     'unknown'; every event says it is the demo."""
     import pty
 
-    from spkrec.daemon.demo import STRANGER
-    from spkrec.daemon.sources import demo_conversation
+    from spkrec.daemon.commands.demo import STRANGER
+    from spkrec.daemon.pipeline.sources import demo_conversation
     from spkrec.models.base import base_model_path
     from spkrec.models.config import Config
 

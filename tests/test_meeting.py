@@ -14,9 +14,9 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 
 import conversation
 from conftest import ENROLL_FILES, SITE_ENROLLED, play_to_daemon, speaker_files, spkrec
-from spkrec.daemon.events import RelabelEvent, TurnEvent
-from spkrec.daemon.incremental import IncrementalClusterer
-from spkrec.daemon.meeting import LiveMeeting, Namer, OfflineMeeting, RttmSink, TurnTally, summary
+from spkrec.daemon.pipeline.events import RelabelEvent, TurnEvent
+from spkrec.daemon.meeting.incremental import IncrementalClusterer
+from spkrec.daemon.meeting.session import LiveMeeting, Namer, OfflineMeeting, RttmSink, TurnTally, summary
 from spkrec.models.clustering import Scales, cluster, measure_scales
 from spkrec.models.config import MeetingConfig, from_dict
 from spkrec.models.errors import ConfigError
@@ -436,8 +436,8 @@ def test_a_model_without_clustering_scales_still_labels_and_says_why_it_may_spli
 def test_the_no_ui_log_shows_turns_and_relabels():
     import io
 
-    from spkrec.daemon.logs import setup
-    from spkrec.daemon.sinks import LogSink
+    from spkrec.daemon.service.logs import setup
+    from spkrec.daemon.pipeline.sinks import LogSink
 
     out = io.StringIO()
     sink = LogSink(setup("info", out, name="spkrec-test-meeting"))

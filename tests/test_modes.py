@@ -59,7 +59,7 @@ def test_label_and_meeting_never_actuate_the_door(site, tmp_path):
 
 def test_the_demo_never_writes_the_configured_audit_log(site, tmp_path):
     """The demo's voices authorised by name: still no hook, no audit line, and the notice."""
-    from spkrec.daemon.demo import STRANGER
+    from spkrec.daemon.commands.demo import STRANGER
     from spkrec.models.democorpus import VOICES
 
     names = [label for label, _, _ in VOICES if label != STRANGER]

@@ -93,8 +93,8 @@ def test_an_export_is_owner_only(enrolled, loose_umask):
 
 
 def test_the_events_file_is_owner_only(tmp_path, loose_umask):
-    from spkrec.daemon.events import StatusEvent
-    from spkrec.daemon.sinks import JsonlSink
+    from spkrec.daemon.pipeline.events import StatusEvent
+    from spkrec.daemon.pipeline.sinks import JsonlSink
 
     path = tmp_path / "logs" / "events.jsonl"
     sink = JsonlSink(str(path))
@@ -205,8 +205,8 @@ def test_an_events_file_that_cannot_be_written_stops_the_log_not_the_daemon(tmp_
 
 
 def test_the_events_sink_reports_a_failed_write_once(capsys):
-    from spkrec.daemon.events import StatusEvent
-    from spkrec.daemon.sinks import JsonlSink
+    from spkrec.daemon.pipeline.events import StatusEvent
+    from spkrec.daemon.pipeline.sinks import JsonlSink
 
     sink = JsonlSink("/dev/full")
     for _ in range(3):
@@ -217,7 +217,7 @@ def test_the_events_sink_reports_a_failed_write_once(capsys):
 
 
 def test_an_events_file_that_cannot_be_created_is_one_line(tmp_path):
-    from spkrec.daemon.sinks import JsonlSink
+    from spkrec.daemon.pipeline.sinks import JsonlSink
     from spkrec.models.errors import SpkrecError
 
     (tmp_path / "file").write_text("")

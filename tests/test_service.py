@@ -243,8 +243,8 @@ def test_the_watchdog_starves_when_the_pipeline_stalls(base_model, monkeypatch, 
     systemd's WatchdogSec restarts the daemon; they resume once the pipeline moves again."""
     sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
     from live_bench import make_stream
-    from spkrec.daemon.pipeline import Pipeline
-    from spkrec.daemon.service import Supervisor, SystemdNotifier
+    from spkrec.daemon.pipeline.run import Pipeline
+    from spkrec.daemon.service.notify import Supervisor, SystemdNotifier
     from spkrec.models.config import Config
     from spkrec.models.engine import Engine
 
@@ -290,7 +290,7 @@ def test_the_watchdog_starves_when_the_pipeline_stalls(base_model, monkeypatch, 
 
 
 def test_notify_reaches_an_abstract_socket_and_ignores_a_childs_watchdog():
-    from spkrec.daemon.service import SystemdNotifier
+    from spkrec.daemon.service.notify import SystemdNotifier
 
     name = f"spkrec-test-{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -335,7 +335,7 @@ def test_journald_gets_priorities_instead_of_times(tmp_path):
 
 def test_audit_log_follows_rotation_without_a_signal(tmp_path):
     """The audit log is opened per line (and synced), so a rotated log is started afresh at once."""
-    from spkrec.daemon.door import AuditLog
+    from spkrec.daemon.door.hook import AuditLog
 
     audit = AuditLog(str(tmp_path / "audit.jsonl"))
     audit.write({"n": 1})

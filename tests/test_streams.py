@@ -21,7 +21,7 @@ from conftest import live_exe, speaker_files, spkrec
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "benchmarks"))
 from live_bench import make_stream  # noqa: E402  (the benchmark's stream builder is the daemon's own)
 
-from spkrec.daemon.pipeline import Pipeline  # noqa: E402
+from spkrec.daemon.pipeline.run import Pipeline  # noqa: E402
 
 CONFIG = """[inputs.front]
 file = "{front}"

@@ -3,8 +3,8 @@
 import pyfiglet
 from rich.console import Console
 
-from spkrec.daemon.events import SilenceEvent, SpeakerEvent, StatusEvent
-from spkrec.daemon.state import LiveState
+from spkrec.daemon.pipeline.events import SilenceEvent, SpeakerEvent, StatusEvent
+from spkrec.daemon.pipeline.state import LiveState
 from spkrec.daemon.ui import render
 
 
@@ -55,7 +55,7 @@ def test_ui_shows_silence_and_long_names_fit():
 
 
 def test_ui_shows_the_door_state():
-    from spkrec.daemon.events import DoorEvent
+    from spkrec.daemon.pipeline.events import DoorEvent
 
     state = _state()
     state.handle(DoorEvent("bob", True, 0.77, "authorised", 15.0, 19.0, (0.8, 0.77, 0.79), cooldown_until=29.0))
@@ -66,7 +66,7 @@ def test_ui_shows_the_door_state():
 
 
 def test_four_inputs_each_get_a_panel_within_80x24():
-    from spkrec.daemon.events import DoorEvent
+    from spkrec.daemon.pipeline.events import DoorEvent
     from spkrec.daemon.ui import render_all
 
     states = []

@@ -61,7 +61,7 @@ def run_one(strategy: str, seconds: float, cache: Path) -> dict:
         libc.mallopt(M_MMAP_THRESHOLD, 256 * 1024)
     elif strategy == "arena2":
         libc.mallopt(M_ARENA_MAX, 2)
-    from spkrec.daemon.heap import HeapTrimmer
+    from spkrec.daemon.service.heap import HeapTrimmer
     from spkrec.models.base import base_model_path
     from spkrec.models.engine import Engine
     from spkrec.models.precision import choose

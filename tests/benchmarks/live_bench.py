@@ -36,13 +36,13 @@ from typing import Any, Callable
 import numpy as np
 import soundfile as sf
 
-from spkrec.daemon.decisions import Decider, DeciderSettings
-from spkrec.daemon.events import Event, SpeakerEvent
-from spkrec.daemon.pipeline import Pipeline, Stream
-from spkrec.daemon.sources import FileSource, demo_conversation
-from spkrec.daemon.state import LiveState
-from spkrec.daemon.vad import Vad
-from spkrec.daemon.windowing import Windower
+from spkrec.daemon.pipeline.decisions import Decider, DeciderSettings
+from spkrec.daemon.pipeline.events import Event, SpeakerEvent
+from spkrec.daemon.pipeline.run import Pipeline, Stream
+from spkrec.daemon.pipeline.sources import FileSource, demo_conversation
+from spkrec.daemon.pipeline.state import LiveState
+from spkrec.daemon.pipeline.vad import Vad
+from spkrec.daemon.pipeline.windowing import Windower
 from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
 from spkrec.models.democorpus import build_corpus

@@ -29,8 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from live_bench import machine, make_stream, percentiles, write_wav  # noqa: E402
 
-from spkrec.daemon.events import Event, SpeakerEvent  # noqa: E402
-from spkrec.daemon.pipeline import Pipeline  # noqa: E402
+from spkrec.daemon.pipeline.events import Event, SpeakerEvent  # noqa: E402
+from spkrec.daemon.pipeline.run import Pipeline  # noqa: E402
 from spkrec.models.audio import load_audio  # noqa: E402
 from spkrec.models.base import base_model_path  # noqa: E402
 from spkrec.models.config import Config  # noqa: E402

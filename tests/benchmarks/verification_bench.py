@@ -62,15 +62,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from live_bench import machine  # noqa: E402
 
-from spkrec.daemon import enroll  # noqa: E402
-from spkrec.daemon.decisions import Decider, DeciderSettings  # noqa: E402
-from spkrec.daemon.door import DoorSink  # noqa: E402
-from spkrec.daemon.events import DoorEvent  # noqa: E402
-from spkrec.daemon.pipeline import Pipeline, Stream  # noqa: E402
-from spkrec.daemon.sources import FileSource  # noqa: E402
-from spkrec.daemon.state import LiveState  # noqa: E402
-from spkrec.daemon.vad import Vad  # noqa: E402
-from spkrec.daemon.windowing import Windower  # noqa: E402
+from spkrec.daemon.commands import enroll  # noqa: E402
+from spkrec.daemon.pipeline.decisions import Decider, DeciderSettings  # noqa: E402
+from spkrec.daemon.door.hook import DoorSink  # noqa: E402
+from spkrec.daemon.pipeline.events import DoorEvent  # noqa: E402
+from spkrec.daemon.pipeline.run import Pipeline, Stream  # noqa: E402
+from spkrec.daemon.pipeline.sources import FileSource  # noqa: E402
+from spkrec.daemon.pipeline.state import LiveState  # noqa: E402
+from spkrec.daemon.pipeline.vad import Vad  # noqa: E402
+from spkrec.daemon.pipeline.windowing import Windower  # noqa: E402
 from spkrec.models.audio import load_audio  # noqa: E402
 from spkrec.models.calibration import DoorRule, calibrate_open_set, calibrate_visits, rates_at, verification  # noqa: E402
 from spkrec.models.config import Config  # noqa: E402

@@ -16,8 +16,8 @@ from spkrec.models.gallery import Gallery
 from spkrec.models.scoring import Decision, cosine_scores, decide, mean_embedding
 from spkrec.models.config import VadConfig
 
-from .enroll import embed, gather
-from .roster import Roster
+from spkrec.daemon.commands.enroll import embed, gather
+from spkrec.daemon.pipeline.roster import Roster
 
 
 @dataclass(frozen=True)

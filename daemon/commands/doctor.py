@@ -131,7 +131,7 @@ def _installed(name: str) -> str | None:
 
 
 def check_audio(cfg: Config) -> Check:
-    from .devices import default_input, list_inputs, portaudio
+    from spkrec.daemon.pipeline.devices import default_input, list_inputs, portaudio
 
     try:
         sd = portaudio()

@@ -14,8 +14,8 @@ import numpy as np
 
 from spkrec.models.scoring import Decision, cosine_scores, decide
 
-from .events import SilenceEvent, SpeakerEvent
-from .windowing import Window
+from spkrec.daemon.pipeline.events import SilenceEvent, SpeakerEvent
+from spkrec.daemon.pipeline.windowing import Window
 
 # (labels, prototypes): who can be recognised right now. A callable, so that speakers
 # enrolled while the daemon runs are picked up without a restart.

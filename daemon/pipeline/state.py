@@ -16,7 +16,7 @@ import numpy as np
 
 from spkrec.models.scoring import UNKNOWN
 
-from .events import DoorEvent, Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
+from spkrec.daemon.pipeline.events import DoorEvent, Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
 
 
 @dataclass

@@ -17,7 +17,7 @@ from spkrec.models.errors import AudioError
 from spkrec.models.scoring import mean_embedding
 from spkrec.models.windows import frame_windows
 
-from .vad import Vad
+from spkrec.daemon.pipeline.vad import Vad
 
 FALLBACK_CONSISTENCY = 0.5  # for models exported before they carried a "consistency" threshold
 
@@ -100,8 +100,8 @@ def record(device_spec: str, rate: int, seconds: float, vad: VadConfig, block_s:
 
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from .devices import resolve
-    from .sources import MicrophoneSource
+    from spkrec.daemon.pipeline.devices import resolve
+    from spkrec.daemon.pipeline.sources import MicrophoneSource
 
     source = MicrophoneSource(resolve(device_spec), rate, block_s, queue_s=10.0, reconnect_max_s=2.0,
                               on_status=lambda e: None)

@@ -20,8 +20,8 @@ from spkrec.models.democorpus import build_corpus
 from spkrec.models.engine import Engine
 from spkrec.models.gallery import Gallery
 
-from . import enroll
-from .sources import DemoSource
+from spkrec.daemon.commands import enroll
+from spkrec.daemon.pipeline.sources import DemoSource
 
 STRANGER = "big-fish-nl"  # never enrolled: the demo's unknown voice
 ENROLL_CLIPS = 12  # about 40 s of speech a voice

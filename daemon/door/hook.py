@@ -34,7 +34,7 @@ from spkrec.models.errors import SpkrecError
 from spkrec.models.private import FILE_MODE, touch_private
 from spkrec.models.scoring import UNKNOWN
 
-from .events import DoorEvent, Event, SilenceEvent, SpeakerEvent, StatusEvent
+from spkrec.daemon.pipeline.events import DoorEvent, Event, SilenceEvent, SpeakerEvent, StatusEvent
 
 QUEUE_SIZE = 32  # decisions waiting for the worker; beyond this they are refused, never waited for
 

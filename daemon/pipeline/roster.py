@@ -18,7 +18,7 @@ from spkrec.models.artifact import ModelInfo
 from spkrec.models.errors import GalleryError
 from spkrec.models.gallery import Gallery
 
-from .events import StatusEvent
+from spkrec.daemon.pipeline.events import StatusEvent
 
 
 class Roster:

@@ -33,11 +33,11 @@ from spkrec.models.private import open_private
 from spkrec.models.scoring import guest_label, is_guest, normalize
 from spkrec.models.segmentation import FRAME_S, Frame, Turn, TurnBuilder, WindowRecord, frames
 
-from .decisions import Decider, Roster
-from .events import Event, RelabelEvent, SilenceEvent, SpeakerEvent, TurnEvent
-from .guests import save_guests
-from .incremental import KEEP_WINDOWS, IncrementalClusterer
-from .windowing import Window
+from spkrec.daemon.pipeline.decisions import Decider, Roster
+from spkrec.daemon.pipeline.events import Event, RelabelEvent, SilenceEvent, SpeakerEvent, TurnEvent
+from spkrec.daemon.meeting.guests import save_guests
+from spkrec.daemon.meeting.incremental import KEEP_WINDOWS, IncrementalClusterer
+from spkrec.daemon.pipeline.windowing import Window
 
 
 class Namer:

@@ -21,7 +21,7 @@ from spkrec.models.engine import Engine
 from spkrec.models.errors import AudioError, GalleryError
 from spkrec.models.gallery import Gallery
 
-from . import enroll
+from spkrec.daemon.commands import enroll
 
 
 def impostor_windows(engine: Engine, paths: list[Path], cfg: Config, console: Console) -> list[np.ndarray]:

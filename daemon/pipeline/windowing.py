@@ -14,7 +14,7 @@ import numpy as np
 
 from spkrec.models.windows import fit_length
 
-from .vad import Frame
+from spkrec.daemon.pipeline.vad import Frame
 
 
 @dataclass(frozen=True)

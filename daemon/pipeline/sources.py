@@ -27,8 +27,8 @@ import soxr
 from spkrec.models.audio import load_audio, pcm16_to_float, to_mono
 from spkrec.models.errors import AudioError, DeviceError
 
-from .devices import InputDevice, portaudio, resolve
-from .events import StatusEvent
+from spkrec.daemon.pipeline.devices import InputDevice, portaudio, resolve
+from spkrec.daemon.pipeline.events import StatusEvent
 
 POLL_S = 0.1  # how long a source waits for input before looking at ``stop`` again
 

@@ -19,8 +19,8 @@ import threading
 import time
 from typing import Callable, Mapping, Sequence
 
-from .logs import LOGGER
-from .sinks import Sink
+from spkrec.daemon.service.logs import LOGGER
+from spkrec.daemon.pipeline.sinks import Sink
 
 
 class SystemdNotifier:

@@ -16,8 +16,8 @@ from typing import Protocol, TextIO
 from spkrec.models.errors import SpkrecError
 from spkrec.models.private import open_private
 
-from . import logs
-from .events import DoorEvent, Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
+from spkrec.daemon.service import logs
+from spkrec.daemon.pipeline.events import DoorEvent, Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
 
 
 class Sink(Protocol):

@@ -1,0 +1,1 @@
+"""The work behind single commands: identify, enroll, calibrate, the demo, the doctor."""

@@ -1,0 +1,1 @@
+"""Meeting mode: turns, live and offline clustering, naming, guests and RTTM."""

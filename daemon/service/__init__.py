@@ -1,0 +1,1 @@
+"""Running as a service: sd_notify and the watchdog, metrics and health, log lines, the heap."""

@@ -1,4 +1,5 @@
-"""The ``spkrec`` command line: argument parsing, config, and one-line errors at the edge.
+"""The ``spkrec`` command line: argument parsing, config, and one-line errors at the edge. It
+parses and dispatches only: each command's work is a module of ``daemon/commands``.
 
 Subcommands of other rooms (training) are found through the ``spkrec.commands`` entry-point
 group, so this module never imports training code and ``spkrec --help`` needs no torch.
@@ -7,33 +8,38 @@ group, so this module never imports training code and ``spkrec --help`` needs no
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
+import importlib
 import shlex
-import shutil
 import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
 
-from rich.console import Console
-from rich.table import Table
-
 from spkrec.models import __version__
-from spkrec.models.config import FLAG, Config, choices, load_config
+from spkrec.models.config import LOOKUP, Config, choices, load_config, lookup_text
 from spkrec.models.errors import SpkrecError
 
 Handler = Callable[[argparse.Namespace, Config], int]
 TRAIN_MODULES = {"torch", "torchaudio", "torchvision", "matplotlib"}
+# command -> (module of daemon/commands, function): imported only when that command runs
+COMMANDS = {"identify": ("identify", "run"), "live": ("live", "run"), "label": ("live", "run_label"),
+            "devices": ("devices", "run"), "enroll": ("enroll", "run"), "speakers": ("speakers", "run"),
+            "verify": ("verify", "run"), "calibrate": ("calibrate", "run"), "config": ("show_config", "run"),
+            "door": ("door_test", "run"), "systemd-unit": ("systemd_unit", "run")}
+
+
+def _command(module: str, function: str) -> Handler:
+    def handler(args: argparse.Namespace, cfg: Config) -> int:
+        return getattr(importlib.import_module(f"spkrec.daemon.commands.{module}"), function)(args, cfg)
+    return handler
 
 
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, metavar="PATH",
-                        help="config file (default: $SPKREC_CONFIG, $XDG_CONFIG_HOME/spkrec/config.toml, "
-                             "/etc/spkrec/config.toml; `spkrec config` shows which)")
+                        help=f"config file (else the first that exists of {', '.join(LOOKUP[1:])}; "
+                             "`spkrec config` shows which)")
     return common
 
 
@@ -164,8 +170,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("config", parents=[common],
                        help="print the configuration in force, and where each value came from",
                        description="Print the merged configuration as TOML: the packaged defaults, the config file "
-                                   "found (--config, $SPKREC_CONFIG, $XDG_CONFIG_HOME/spkrec/config.toml, "
-                                   "/etc/spkrec/config.toml: the first that exists) and flags, each key followed by "
+                                   f"found ({lookup_text()}) and flags, each key followed by "
                                    "where its value came from. Exits 2 with one line if the configuration is invalid.")
     p.add_argument("--plain", action="store_true", help="TOML only, without the origin comments")
 
@@ -177,9 +182,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "the gallery and cache folders, voiceprints made with another model, and the int8 "
                                    "copy's agreement with fp32 on this CPU. Exit 0 when nothing is ✗, else 1.")
     p.add_argument("--json", action="store_true", help="one JSON object: ok, seconds, checks")
-    return {"identify": cmd_identify, "live": cmd_live, "devices": cmd_devices, "enroll": cmd_enroll,
-            "speakers": cmd_speakers, "verify": cmd_verify, "calibrate": cmd_calibrate, "label": cmd_label,
-            "config": cmd_config, "door": cmd_door, "systemd-unit": cmd_systemd_unit}
+    return {name: _command(module, function) for name, (module, function) in COMMANDS.items()}
 
 
 def _meeting_flags(p: argparse.ArgumentParser) -> None:
@@ -268,290 +271,3 @@ def live_main() -> None:
     sys.exit(run(["live", *sys.argv[1:]]))
 
 
-def cmd_live(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.daemon.live import run_live
-
-    return run_live(args, cfg)
-
-
-def cmd_label(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.daemon.live import run_live
-
-    args.mode, args.inputs, args.fast, args.no_ui = "label", [args.input], True, True  # daemon/modes.py: "label"
-    return run_live(args, cfg)
-
-
-def _engine(args: argparse.Namespace, cfg: Config):
-    from spkrec.daemon.default_model import open_engine
-    from spkrec.daemon.service.logs import console_warning
-
-    return open_engine(cfg, console_warning(Console(stderr=True)))
-
-
-def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.models.audio import load_audio
-    from spkrec.models.gallery import Gallery
-
-    from spkrec.models.gallery import check_name
-
-    from spkrec.daemon.commands import enroll
-
-    check_name(args.name)  # a reserved or malformed name fails before any audio is read
-    engine = _engine(args, cfg)
-    if args.from_guest:
-        return _enroll_guest(args, cfg, engine)
-    rate = engine.info.sample_rate
-    if args.input:
-        recordings = [load_audio(path, rate) for path in args.input]
-    else:
-        seconds = args.seconds or cfg.enroll.min_voiced_s
-        recordings = [enroll.record(args.device, rate, seconds, cfg.vad, cfg.audio.block_s, Console(stderr=True))]
-    sample = enroll.gather(recordings, rate, cfg.vad)
-    enroll.check(sample, None, cfg.enroll)
-    embeddings = enroll.embed(engine, sample)
-    enroll.check(sample, embeddings, cfg.enroll, engine.info.thresholds)
-    speaker = Gallery(cfg.gallery_path()).add(args.name, engine.info.fingerprint, embeddings, sample.voiced_s)
-    print(f"enrolled {speaker.name}: {speaker.voiced_s:.1f} s voiced in total, {speaker.windows} windows, "
-          f"quality {speaker.quality:.2f} ({cfg.gallery_path()})")
-    return 0
-
-
-def _enroll_guest(args: argparse.Namespace, cfg: Config, engine) -> int:
-    """A guest of a labelled meeting saved under a real name: no recording needed."""
-    from spkrec.models.errors import GalleryError
-    from spkrec.models.gallery import Gallery
-
-    from spkrec.daemon.meeting.guests import load_guest
-
-    if args.guests is None:
-        raise GalleryError("--from-guest needs --guests FILE (written next to the meeting's RTTM)")
-    fingerprint, windows, voiced_s = load_guest(args.guests, args.from_guest)
-    if fingerprint != engine.info.fingerprint:
-        raise GalleryError(f"{args.guests} was made with another model ({fingerprint}): label the meeting again "
-                           "with this model, or enroll with that one")
-    speaker = Gallery(cfg.gallery_path()).add(args.name, fingerprint, windows, voiced_s)
-    print(f"enrolled {speaker.name} from {args.from_guest}: {speaker.voiced_s:.1f} s voiced in total, "
-          f"{speaker.windows} windows, quality {speaker.quality:.2f} ({cfg.gallery_path()})")
-    return 0
-
-
-def cmd_speakers(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.models.errors import GalleryError
-    from spkrec.models.gallery import Gallery
-
-    if args.action != "list" and not args.target:
-        raise GalleryError(f"`spkrec speakers {args.action}` needs a {'NAME' if args.action == 'remove' else 'FILE'}")
-    gallery = Gallery(cfg.gallery_path())
-    if args.action == "remove":
-        gallery.remove(args.target)
-        print(f"removed {args.target}")
-    elif args.action == "export":
-        print(f"exported {gallery.export(Path(args.target))} speakers to {args.target}")
-    elif args.action == "import":
-        print(f"imported {gallery.import_(Path(args.target))} speakers from {args.target}")
-    else:
-        _warn_if_readable(cfg.gallery_path())
-        table = Table(title=f"enrolled speakers ({cfg.gallery_path()})")
-        for column in ("name", "enrolled", "voiced", "windows", "quality", "model"):
-            table.add_column(column)
-        for s in gallery.speakers():
-            table.add_row(s.name, s.enrolled, f"{s.voiced_s:.1f} s", str(s.windows), f"{s.quality:.2f}", s.fingerprint)
-        Console().print(table)
-    return 0
-
-
-def _warn_if_readable(path: Path) -> None:
-    """Voiceprints are biometric data: say so when other users can read them (galleries made
-    before spkrec created them owner-only, or copied in with a loose umask)."""
-    from spkrec.models.private import readable_by_others
-
-    loose = [str(p) for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if readable_by_others(p)]
-    if loose:
-        _warning(f"{path} can be read by other users (voiceprints are personal data): chmod 600 {' '.join(loose)}")
-
-
-def _warning(text: str) -> None:
-    """One yellow line on stderr, never wrapped, with no markup read from names or paths."""
-    Console(stderr=True, soft_wrap=True).print(f"warning: {text}", style="yellow", markup=False, highlight=False)
-
-
-def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.models.audio import load_audio
-    from spkrec.models.errors import AudioError, GalleryError
-    from spkrec.models.gallery import Gallery
-    from spkrec.models.scoring import mean_embedding
-    from spkrec.models.thresholds import decision_point
-
-    from spkrec.daemon.commands import enroll
-
-    engine = _engine(args, cfg)
-    if not cfg.gallery_path().is_file():
-        raise GalleryError(f"no gallery at {cfg.gallery_path()} yet: enroll {args.name} first (spkrec enroll)")
-    gallery = Gallery(cfg.gallery_path())
-    speaker = gallery.get(args.name)
-    if speaker.fingerprint != engine.info.fingerprint:
-        raise GalleryError(f"'{args.name}' was enrolled with another model ({speaker.fingerprint}): re-enroll, or "
-                           "verify with that model")
-    sample = enroll.gather([load_audio(args.file, engine.info.sample_rate)], engine.info.sample_rate, cfg.vad)
-    if sample.voiced.size == 0:
-        raise AudioError(f"{args.file} has no voiced speech to verify")
-    score = float(mean_embedding(enroll.embed(engine, sample)) @ speaker.voiceprint)
-    threshold = decision_point(cfg, engine.info, gallery).threshold
-    accepted = score >= threshold
-    print(f"{'accept' if accepted else 'reject'}: {args.file} as {args.name}, score {score:.3f}, threshold {threshold:.3f}")
-    return 0 if accepted else 1
-
-
-def cmd_calibrate(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.models.errors import GalleryError
-    from spkrec.models.gallery import Gallery
-
-    from spkrec.daemon.commands.calibrate import calibrate, impostor_windows
-
-    console = Console(stderr=True)
-    engine = _engine(args, cfg)
-    if not cfg.gallery_path().is_file():
-        raise GalleryError(f"no gallery at {cfg.gallery_path()} yet: enroll speakers first (spkrec enroll)")
-    gallery = Gallery(cfg.gallery_path())
-    impostors = impostor_windows(engine, args.impostors, cfg, console) if args.impostors else []
-    result, visits = calibrate(engine, gallery, impostors, cfg)
-    table = Table(title=f"calibration of {cfg.gallery_path()} ({len(result.speakers)} speakers, "
-                        f"{len(impostors)} impostor recordings)")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for name, value in (("threshold", f"{result.threshold:.3f}"),
-                        ("false accepts (FAR)", f"{result.far:.2%}  (target {result.target_far:.2%})"),
-                        ("false rejects (FRR)", f"{result.frr:.2%}"),
-                        ("EER", f"{result.eer:.2%}"), ("minDCF (p=0.01)", f"{result.min_dcf:.3f}"),
-                        ("target / impostor trials", f"{result.n_target} / {result.n_nontarget}"),
-                        ("scores averaged over", f"{result.smoothing} windows"),
-                        ("door threshold", f"{visits.threshold:.3f}  ({visits.wins} of {visits.of_last} windows)"),
-                        ("impostor visits granted", f"{visits.false_grants} of {visits.n_impostor_visits}  "
-                                                    f"(target {visits.target:.2%})"),
-                        ("own visits refused", f"{visits.false_rejects} of {visits.n_target_visits}")):
-        table.add_row(name, value)
-    Console().print(table)
-    if result.n_nontarget * result.target_far < 10:
-        console.print(f"[yellow]only {result.n_nontarget} impostor trials: a {result.target_far:.1%} false-accept "
-                      "rate is barely measurable; add more impostor recordings[/]")
-    if visits.n_impostor_visits * visits.target < 1:
-        console.print(f"[yellow]only {visits.n_impostor_visits} impostor visits: a {visits.target:.1%} false-grant "
-                      f"rate needs at least {int(1 / max(visits.target, 1e-9))}; the door threshold is set so none of "
-                      "them would be granted[/]")
-    if args.dry_run:
-        return 0
-    gallery.set_calibration(engine.info.fingerprint, {**result.to_dict(), "door": visits.__dict__})
-    print(f"stored threshold {result.threshold:.3f} and door threshold {visits.threshold:.3f} in {cfg.gallery_path()} "
-          "(used where decision.operating_point is 'auto' or 'calibrated')")
-    return 0
-
-
-def cmd_door(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.daemon.door.hook import fire_test
-
-    if args.stream and args.stream not in cfg.inputs:
-        raise SpkrecError(f"no input named '{args.stream}' in the config ([inputs.{args.stream}])")
-    door = cfg.door_for(args.stream)
-    decision, result = fire_test(door, args.name, args.stream)
-    steps = []
-    for key in ("second_factor", "command", "url"):
-        if key in result:
-            outcome = result[key]
-            detail = f"exit {outcome['exit']}" if "exit" in outcome else \
-                f"HTTP {outcome['status']}" if "status" in outcome else outcome.get("error", "")
-            steps.append(f"{key.replace('_', ' ')} {'ok' if outcome['ok'] else 'FAILED'} ({detail})")
-    audit = f"; audit log {door.audit_log}" if door.audit_log else ""
-    verdict = "lock actuated" if result.get("ok") else f"FAILED: {result.get('error', 'failed')}"
-    print(f"door test for {args.name}: {verdict}; {', '.join(steps) or 'no step ran'} (decision {decision.id}{audit})")
-    return 0 if result.get("ok") else 1
-
-
-def cmd_systemd_unit(args: argparse.Namespace, cfg: Config) -> int:
-    from importlib import resources
-
-    unit = resources.files("spkrec.daemon.service").joinpath("systemd", "user" if args.user else "system", "spkrec.service")
-    text = unit.read_text(encoding="utf-8")
-    here = Path(sys.argv[0]).absolute().with_name("spkrec-live")  # next to this `spkrec` (a venv, pipx's bin)
-    live = here if here.is_file() else Path(shutil.which("spkrec-live") or "")
-    if live.name:
-        text = re.sub(r"^ExecStart=\S+", f"ExecStart={live}", text, count=1, flags=re.M)
-    print(text, end="")
-    return 0
-
-
-def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.models.config import SYSTEM_CONFIG, to_toml, user_config
-
-    if not args.plain:
-        searched = ["--config" if args.config else None, "$SPKREC_CONFIG" if os.environ.get("SPKREC_CONFIG") else None,
-                    str(user_config()), str(SYSTEM_CONFIG)]
-        print(f"# spkrec {__version__}: the packaged defaults"
-              + (f", merged with {cfg.file}" if cfg.file else " (no config file found)")
-              + (", and command-line flags" if FLAG in cfg.origins.values() else ""))
-        print(f"# looked for: {', '.join(s for s in searched if s)} (the first that exists is used)")
-        stray = Path("config.toml")
-        if stray.is_file() and (cfg.file is None or stray.resolve() != cfg.file.resolve()):
-            print(f"# ./config.toml is not read from the working directory; pass --config {stray} to use it")
-        print()
-    print(to_toml(cfg, origins=not args.plain), end="")
-    return 0
-
-
-def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.daemon.pipeline.devices import default_input, list_inputs
-
-    inputs = list_inputs()
-    if not inputs:
-        print("spkrec: no audio input devices found", file=sys.stderr)
-        return 1
-    default = default_input()
-    table = Table(title="audio input devices")
-    for column in ("index", "name", "host API", "channels", "default rate", "default"):
-        table.add_column(column)
-    for d in inputs:
-        table.add_row(str(d.index), d.name, d.hostapi, str(d.channels), f"{d.default_rate} Hz",
-                      "*" if default and d.index == default.index else "")
-    Console().print(table)
-    return 0
-
-
-def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.models.thresholds import decision_point
-
-    from spkrec.daemon.commands.identify import identify_file, skipped_voices
-    from spkrec.daemon.live import open_gallery
-    from spkrec.daemon.pipeline.roster import Roster
-
-    files = list(args.files)
-    if not cfg.model.path and files and files[0].suffix == ".onnx" and len(files) > 1:
-        cfg.model.path = str(files.pop(0))
-    engine = _engine(args, cfg)
-    gallery = open_gallery(cfg)
-    skipped = skipped_voices(gallery, engine.info.fingerprint)
-    if skipped:
-        _warning(skipped)
-    roster = Roster(engine.info, gallery, cfg.decision.trained_speakers)
-    threshold = decision_point(cfg, engine.info, gallery).threshold
-    results = [identify_file(engine, roster, path, threshold, cfg.decision.margin, cfg.vad) for path in files]
-    if args.json:
-        for result in results:
-            print(json.dumps(result.as_dict()))
-    else:
-        _print_identify(results, threshold)
-    failures = [r for r in results if r.error]
-    for r in failures:
-        print(f"spkrec: error: {r.error}", file=sys.stderr)
-    return 1 if failures else 0
-
-
-def _print_identify(results, threshold: float) -> None:
-    table = Table(title=f"identify (threshold {threshold:.3f})")
-    for column in ("file", "speaker", "score", "runner-up"):
-        table.add_column(column, justify="right" if column == "score" else "left")
-    for r in results:
-        if r.decision is None:
-            continue
-        d = r.decision
-        runner = f"{d.candidates[1][0]} {d.candidates[1][1]:.3f}" if len(d.candidates) > 1 else "-"
-        table.add_row(r.path.name, d.label, f"{d.score:.3f}", runner)
-    Console().print(table)

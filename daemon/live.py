@@ -16,7 +16,7 @@ from rich.table import Table
 
 from spkrec.models.artifact import ModelInfo
 from spkrec.models.clustering import Scales
-from spkrec.models.config import Config, DoorConfig
+from spkrec.models.config import Config, DoorConfig, is_input_name
 from spkrec.models.errors import DeviceError, SpkrecError
 from spkrec.models.gallery import Gallery
 from spkrec.models.thresholds import OperatingPoint, decision_point
@@ -61,7 +61,7 @@ class InputSpec:
 def _split_name(value: str) -> tuple[str, str]:
     """'front=2' -> ('front', '2'); a plain value has no name."""
     name, sep, rest = value.partition("=")
-    if sep and not Path(value).exists() and name and name.replace("-", "").replace("_", "").isalnum():
+    if sep and not Path(value).exists() and is_input_name(name):
         return name, rest
     return "", value
 

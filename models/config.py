@@ -4,11 +4,10 @@ The dataclass defaults below are the packaged defaults; the top-level ``config.t
 the same values with a comment per key (a test keeps the two equal). A user's file need only
 hold the keys it changes: it is merged over these defaults.
 
-Lookup order: ``--config PATH``, then ``$SPKREC_CONFIG``, then
-``$XDG_CONFIG_HOME/spkrec/config.toml`` (``~/.config/...``), then ``/etc/spkrec/config.toml``;
-the first one found is merged over the defaults; with none, the defaults alone. A ``config.toml``
-that happens to sit in the working directory is never read: a service started from some folder
-must not change its behaviour because of a file it was not pointed at.
+Where the file is looked for is ``LOOKUP`` (the one place that says it; help texts and ``spkrec
+config`` print it): the first one found is merged over the defaults; with none, the defaults
+alone. A ``config.toml`` that happens to sit in the working directory is never read: a service
+started from some folder must not change its behaviour because of a file it was not pointed at.
 """
 
 from __future__ import annotations
@@ -320,13 +319,18 @@ def _merge(obj: Any, data: Mapping[str, Any], prefix: str, origins: dict | None 
             origins[key] = origin
 
 
+def is_input_name(name: str) -> bool:
+    """An input's name ([inputs.NAME], --device NAME=..., events' "stream"): letters, digits, '-', '_'."""
+    return bool(name) and name.replace("-", "").replace("_", "").isalnum()
+
+
 def _named_tables(kind: type, data: Any, key: str) -> dict:
     """``[inputs.NAME]`` tables: one validated ``kind`` per name."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config key '{key}' must be a table of named tables ([{key}.NAME])")
     tables = {}
     for name, table in data.items():
-        if not name.replace("-", "").replace("_", "").isalnum():
+        if not is_input_name(name):
             raise ConfigError(f"config key '{key}.{name}': names use letters, digits, '-' and '_'")
         tables[name] = kind()
         _merge(tables[name], table, f"{key}.{name}.")
@@ -377,22 +381,31 @@ def listen_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def find_config(explicit: str | Path | None = None) -> Path | None:
-    """The first configuration file in the documented lookup order, or None."""
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        return path
+# Where a config file is looked for, in order; a place that is named (a flag, a variable) must exist.
+LOOKUP = ("--config PATH", "$SPKREC_CONFIG", "$XDG_CONFIG_HOME/spkrec/config.toml", str(SYSTEM_CONFIG))
+
+
+def lookup_text() -> str:
+    return ", ".join(LOOKUP) + " (the first that exists)"
+
+
+def candidates(explicit: str | Path | None = None) -> list[tuple[str, Path | None, bool]]:
+    """(place in ``LOOKUP``, the path it names here or None, whether it must exist), in order."""
     env = os.environ.get("SPKREC_CONFIG")
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"config file named by SPKREC_CONFIG not found: {path}")
-        return path
-    for candidate in (user_config(), SYSTEM_CONFIG):
-        if candidate.is_file():
-            return candidate
+    return [(LOOKUP[0], Path(explicit).expanduser() if explicit else None, True),
+            (LOOKUP[1], Path(env).expanduser() if env else None, True),
+            (LOOKUP[2], user_config(), False), (LOOKUP[3], SYSTEM_CONFIG, False)]
+
+
+def find_config(explicit: str | Path | None = None) -> Path | None:
+    """The first configuration file in ``LOOKUP``, or None."""
+    for place, path, named in candidates(explicit):
+        if path is None:
+            continue
+        if path.is_file():
+            return path
+        if named:
+            raise ConfigError(f"config file named by {place.split()[0]} not found: {path}")
     return None
 
 

@@ -60,7 +60,7 @@ def test_label_and_meeting_never_actuate_the_door(site, tmp_path):
 def test_the_demo_never_writes_the_configured_audit_log(site, tmp_path):
     """The demo's voices authorised by name: still no hook, no audit line, and the notice."""
     from spkrec.daemon.commands.demo import STRANGER
-    from spkrec.models.democorpus import VOICES
+    from spkrec.daemon.commands.democorpus import VOICES
 
     names = [label for label, _, _ in VOICES if label != STRANGER]
     config, opened, audit = _door_config(site, tmp_path, names)

@@ -228,12 +228,13 @@ def test_an_events_file_that_cannot_be_created_is_one_line(tmp_path):
 def test_a_helper_program_that_fails_is_one_line(monkeypatch, capsys):
     """apt-get, dpkg-deb or pip failing under `spkrec default-model --rebuild` or `weights`."""
     from spkrec.daemon import cli
+    from spkrec.daemon.commands import devices
 
     def fails(args, cfg):
         raise subprocess.CalledProcessError(100, ["apt-get", "download", "klettres-data"],
                                             stderr=b"E: Unable to locate package klettres-data\n")
 
-    monkeypatch.setattr(cli, "cmd_devices", fails)
+    monkeypatch.setattr(devices, "run", fails)
     assert cli.run(["devices"]) == 2
     err = capsys.readouterr().err
     assert err == "spkrec: error: `apt-get download klettres-data` failed: E: Unable to locate package klettres-data\n"

@@ -8,11 +8,13 @@ and the impostors any recordings of other people, scored exactly as the live dec
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from spkrec.models.audio import audio_files, load_audio
 from spkrec.models.calibration import DoorRule, OpenSetCalibration, VisitCalibration, calibrate_open_set, calibrate_visits
@@ -22,6 +24,7 @@ from spkrec.models.errors import AudioError, GalleryError
 from spkrec.models.gallery import Gallery
 
 from spkrec.daemon.commands import enroll
+from spkrec.daemon.commands.common import engine_for
 
 
 def impostor_windows(engine: Engine, paths: list[Path], cfg: Config, console: Console) -> list[np.ndarray]:
@@ -74,3 +77,45 @@ def calibrate(engine: Engine, gallery: Gallery, impostors: list[np.ndarray],
         return windowed, visits
     except ValueError as exc:
         raise GalleryError(f"cannot calibrate: {exc}: pass --impostors with recordings of other voices") from None
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.models.errors import GalleryError
+    from spkrec.models.gallery import Gallery
+
+    console = Console(stderr=True)
+    engine = engine_for(cfg)
+    if not cfg.gallery_path().is_file():
+        raise GalleryError(f"no gallery at {cfg.gallery_path()} yet: enroll speakers first (spkrec enroll)")
+    gallery = Gallery(cfg.gallery_path())
+    impostors = impostor_windows(engine, args.impostors, cfg, console) if args.impostors else []
+    result, visits = calibrate(engine, gallery, impostors, cfg)
+    table = Table(title=f"calibration of {cfg.gallery_path()} ({len(result.speakers)} speakers, "
+                        f"{len(impostors)} impostor recordings)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in (("threshold", f"{result.threshold:.3f}"),
+                        ("false accepts (FAR)", f"{result.far:.2%}  (target {result.target_far:.2%})"),
+                        ("false rejects (FRR)", f"{result.frr:.2%}"),
+                        ("EER", f"{result.eer:.2%}"), ("minDCF (p=0.01)", f"{result.min_dcf:.3f}"),
+                        ("target / impostor trials", f"{result.n_target} / {result.n_nontarget}"),
+                        ("scores averaged over", f"{result.smoothing} windows"),
+                        ("door threshold", f"{visits.threshold:.3f}  ({visits.wins} of {visits.of_last} windows)"),
+                        ("impostor visits granted", f"{visits.false_grants} of {visits.n_impostor_visits}  "
+                                                    f"(target {visits.target:.2%})"),
+                        ("own visits refused", f"{visits.false_rejects} of {visits.n_target_visits}")):
+        table.add_row(name, value)
+    Console().print(table)
+    if result.n_nontarget * result.target_far < 10:
+        console.print(f"[yellow]only {result.n_nontarget} impostor trials: a {result.target_far:.1%} false-accept "
+                      "rate is barely measurable; add more impostor recordings[/]")
+    if visits.n_impostor_visits * visits.target < 1:
+        console.print(f"[yellow]only {visits.n_impostor_visits} impostor visits: a {visits.target:.1%} false-grant "
+                      f"rate needs at least {int(1 / max(visits.target, 1e-9))}; the door threshold is set so none of "
+                      "them would be granted[/]")
+    if args.dry_run:
+        return 0
+    gallery.set_calibration(engine.info.fingerprint, {**result.to_dict(), "door": visits.__dict__})
+    print(f"stored threshold {result.threshold:.3f} and door threshold {visits.threshold:.3f} in {cfg.gallery_path()} "
+          "(used where decision.operating_point is 'auto' or 'calibrated')")
+    return 0

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from spkrec.models.audio import load_audio
 from spkrec.models.config import Config
-from spkrec.models.democorpus import build_corpus
+from spkrec.daemon.commands.democorpus import build_corpus
 from spkrec.models.engine import Engine
 from spkrec.models.gallery import Gallery
 
@@ -24,7 +24,6 @@ from spkrec.daemon.commands import enroll
 from spkrec.daemon.pipeline.sources import DemoSource
 
 STRANGER = "big-fish-nl"  # never enrolled: the demo's unknown voice
-ENROLL_CLIPS = 12  # about 40 s of speech a voice
 
 
 def _clips(manifest: Path) -> dict[str, list[Path]]:
@@ -44,14 +43,14 @@ def demo_gallery(engine: Engine, cfg: Config, console: Console) -> Gallery:
         stale.unlink(missing_ok=True)
     gallery = Gallery(path)
     rate, info = engine.info.sample_rate, engine.info
-    for label, files in sorted(_clips(manifests["train"]).items()):
+    for label, files in sorted(_clips(manifests["enroll"]).items()):
         if label == STRANGER:
             continue
-        sample = enroll.gather([load_audio(p, rate) for p in files[:ENROLL_CLIPS]], rate, cfg.vad)
+        sample = enroll.gather([load_audio(p, rate) for p in files], rate, cfg.vad)
         embeddings = enroll.embed(engine, sample)
         enroll.check(sample, embeddings, cfg.enroll, info.thresholds)
         speaker = gallery.add(label, info.fingerprint, embeddings, sample.voiced_s)
-        console.print(f"demo: enrolled [bold]{label}[/] from {min(len(files), ENROLL_CLIPS)} clips "
+        console.print(f"demo: enrolled [bold]{label}[/] from {len(files)} clips "
                       f"({speaker.voiced_s:.0f} s voiced, {speaker.windows} windows, quality {speaker.quality:.2f})")
     console.print(f"demo: [bold]{STRANGER}[/] is not enrolled: their turns should read 'unknown'")
     return gallery

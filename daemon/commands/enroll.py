@@ -6,18 +6,20 @@ bad voiceprint fails silently later (a door that never opens, or opens for the w
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
+from rich.console import Console
 
-from spkrec.models.config import EnrollConfig, VadConfig
+from spkrec.daemon.commands.common import engine_for
+from spkrec.daemon.pipeline.vad import Vad
+from spkrec.models.config import Config, EnrollConfig, VadConfig
 from spkrec.models.engine import Engine
 from spkrec.models.errors import AudioError
 from spkrec.models.scoring import mean_embedding
 from spkrec.models.windows import frame_windows
-
-from spkrec.daemon.pipeline.vad import Vad
 
 FALLBACK_CONSISTENCY = 0.5  # for models exported before they carried a "consistency" threshold
 
@@ -120,3 +122,48 @@ def record(device_spec: str, rate: int, seconds: float, vad: VadConfig, block_s:
     finally:
         source.close()
     return np.concatenate(captured) if captured else np.zeros(0, np.float32)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.models.audio import load_audio
+    from spkrec.models.gallery import Gallery
+
+    from spkrec.models.gallery import check_name
+
+    check_name(args.name)  # a reserved or malformed name fails before any audio is read
+    engine = engine_for(cfg)
+    if args.from_guest:
+        return _enroll_guest(args, cfg, engine)
+    rate = engine.info.sample_rate
+    if args.input:
+        recordings = [load_audio(path, rate) for path in args.input]
+    else:
+        seconds = args.seconds or cfg.min_voiced_s
+        recordings = [record(args.device, rate, seconds, cfg.vad, cfg.audio.block_s, Console(stderr=True))]
+    sample = gather(recordings, rate, cfg.vad)
+    check(sample, None, cfg.enroll)
+    embeddings = embed(engine, sample)
+    check(sample, embeddings, cfg.enroll, engine.info.thresholds)
+    speaker = Gallery(cfg.gallery_path()).add(args.name, engine.info.fingerprint, embeddings, sample.voiced_s)
+    print(f"enrolled {speaker.name}: {speaker.voiced_s:.1f} s voiced in total, {speaker.windows} windows, "
+          f"quality {speaker.quality:.2f} ({cfg.gallery_path()})")
+    return 0
+
+
+def _enroll_guest(args: argparse.Namespace, cfg: Config, engine) -> int:
+    """A guest of a labelled meeting saved under a real name: no recording needed."""
+    from spkrec.models.errors import GalleryError
+    from spkrec.models.gallery import Gallery
+
+    from spkrec.daemon.meeting.guests import load_guest
+
+    if args.guests is None:
+        raise GalleryError("--from-guest needs --guests FILE (written next to the meeting's RTTM)")
+    fingerprint, windows, voiced_s = load_guest(args.guests, args.from_guest)
+    if fingerprint != engine.info.fingerprint:
+        raise GalleryError(f"{args.guests} was made with another model ({fingerprint}): label the meeting again "
+                           "with this model, or enroll with that one")
+    speaker = Gallery(cfg.gallery_path()).add(args.name, fingerprint, windows, voiced_s)
+    print(f"enrolled {speaker.name} from {args.from_guest}: {speaker.voiced_s:.1f} s voiced in total, "
+          f"{speaker.windows} windows, quality {speaker.quality:.2f} ({cfg.gallery_path()})")
+    return 0

@@ -6,18 +6,24 @@ live daemon (``enroll.gather`` / ``enroll.embed``), so one recording scores the 
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
+from spkrec.daemon.commands.common import engine_for, warning
+from spkrec.daemon.commands.enroll import embed, gather
+from spkrec.daemon.pipeline.roster import Roster
 from spkrec.models.audio import is_silent, load_audio
+from spkrec.models.config import Config, VadConfig
 from spkrec.models.engine import Engine
 from spkrec.models.errors import AudioError
 from spkrec.models.gallery import Gallery
 from spkrec.models.scoring import Decision, cosine_scores, decide, mean_embedding
-from spkrec.models.config import VadConfig
-
-from spkrec.daemon.commands.enroll import embed, gather
-from spkrec.daemon.pipeline.roster import Roster
 
 
 @dataclass(frozen=True)
@@ -65,3 +71,44 @@ def skipped_voices(gallery: Gallery | None, fingerprint: str, shown: int = 3) ->
     listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
     return (f"skipping {len(names)} voiceprint(s) enrolled with another model ({listed}): re-enroll them with this "
             "model to recognise them")
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.models.thresholds import decision_point
+
+    from spkrec.daemon.live import open_gallery
+    from spkrec.daemon.pipeline.roster import Roster
+
+    files = list(args.files)
+    if not cfg.model.path and files and files[0].suffix == ".onnx" and len(files) > 1:
+        cfg.model.path = str(files.pop(0))
+    engine = engine_for(cfg)
+    gallery = open_gallery(cfg)
+    skipped = skipped_voices(gallery, engine.info.fingerprint)
+    if skipped:
+        warning(skipped)
+    roster = Roster(engine.info, gallery, cfg.decision.trained_speakers)
+    threshold = decision_point(cfg, engine.info, gallery).threshold
+    results = [identify_file(engine, roster, path, threshold, cfg.decision.margin, cfg.vad) for path in files]
+    if args.json:
+        for result in results:
+            print(json.dumps(result.as_dict()))
+    else:
+        _print_identify(results, threshold)
+    failures = [r for r in results if r.error]
+    for r in failures:
+        print(f"spkrec: error: {r.error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _print_identify(results, threshold: float) -> None:
+    table = Table(title=f"identify (threshold {threshold:.3f})")
+    for column in ("file", "speaker", "score", "runner-up"):
+        table.add_column(column, justify="right" if column == "score" else "left")
+    for r in results:
+        if r.decision is None:
+            continue
+        d = r.decision
+        runner = f"{d.candidates[1][0]} {d.candidates[1][1]:.3f}" if len(d.candidates) > 1 else "-"
+        table.add_row(r.path.name, d.label, f"{d.score:.3f}", runner)
+    Console().print(table)

@@ -45,7 +45,7 @@ from spkrec.daemon.pipeline.vad import Vad
 from spkrec.daemon.pipeline.windowing import Windower
 from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
-from spkrec.models.democorpus import build_corpus
+from spkrec.daemon.commands.democorpus import build_corpus
 from spkrec.models.thresholds import resolve  # noqa: E402
 from spkrec.models.engine import Engine
 

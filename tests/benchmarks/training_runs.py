@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from spkrec.models.config import Config
-from spkrec.models.democorpus import VOICES, _voice_files, unpack_packages
+from spkrec.daemon.commands.democorpus import VOICES, _voice_files, unpack_packages
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRI = REPO.parent / "shared" / "data" / "librispeech-test-other"

@@ -1,9 +1,9 @@
-"""The demo corpus and the default model: real voices from Debian packages, no hub download.
+"""The demo's voices: real speech from Debian packages, no hub download.
 
 Four studio voices from the Fish Fillets game data (Debian main, GPL-2+): the small fish and
 the big fish, each in Czech and Dutch. ``apt-get download`` + ``dpkg-deb -x`` unpack the data
-into the cache without installing the game. Clips are split deterministically into training,
-validation and held-out sets; the held-out clips feed the daemon's demo conversation.
+into the cache without installing the game. Each voice's clips, in a fixed pseudo-random order,
+give the demo its enrollment clips and, after them, the held-out clips of its conversation.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SOUND_ROOT = Path("usr/share/games/fillets-ng/sound")
 # (label, language folder, character code in the file name)
 VOICES = (("small-fish-cs", "cs", "m"), ("big-fish-cs", "cs", "v"),
           ("small-fish-nl", "nl", "m"), ("big-fish-nl", "nl", "v"))
-TRAIN_CLIPS, VAL_CLIPS, HELDOUT_CLIPS = 48, 12, 12
+ENROLL_CLIPS, HELDOUT_CLIPS = 12, 12  # about 40 s of speech a voice to enroll; 12 clips each to converse
 
 
 def unpack_packages(cache_dir: Path) -> Path:
@@ -32,7 +32,8 @@ def unpack_packages(cache_dir: Path) -> Path:
     if marker.is_file():
         return root / SOUND_ROOT
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise DataError("the demo corpus needs Debian's apt-get and dpkg-deb (or point [model] path at your own model)")
+        raise DataError("the demo's voices need Debian's apt-get and dpkg-deb; without them run spkrec-live on a "
+                        "microphone or --input FILE")
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run(["apt-get", "download", *PACKAGES], cwd=tmp, capture_output=True, text=True)
@@ -54,18 +55,17 @@ def _voice_files(sound_root: Path, language: str, code: str) -> list[Path]:
 
 
 def build_corpus(cache_dir: Path) -> dict[str, Path]:
-    """CSV manifests ``train``, ``val`` and ``heldout`` over the four demo voices."""
+    """CSV manifests ``enroll`` and ``heldout`` over the four demo voices."""
     sound_root = unpack_packages(cache_dir)
     out = cache_dir / "demo"
-    splits: dict[str, list[tuple[Path, str]]] = {"train": [], "val": [], "heldout": []}
+    splits: dict[str, list[tuple[Path, str]]] = {"enroll": [], "heldout": []}
     for label, language, code in VOICES:
         files = _voice_files(sound_root, language, code)
-        need = TRAIN_CLIPS + VAL_CLIPS + HELDOUT_CLIPS
+        need = ENROLL_CLIPS + HELDOUT_CLIPS
         if len(files) < need:
             raise DataError(f"demo voice {label}: found {len(files)} clips, need {need}")
-        splits["train"] += [(f, label) for f in files[:TRAIN_CLIPS]]
-        splits["val"] += [(f, label) for f in files[TRAIN_CLIPS : TRAIN_CLIPS + VAL_CLIPS]]
-        splits["heldout"] += [(f, label) for f in files[TRAIN_CLIPS + VAL_CLIPS : need]]
+        splits["enroll"] += [(f, label) for f in files[:ENROLL_CLIPS]]
+        splits["heldout"] += [(f, label) for f in files[ENROLL_CLIPS:need]]
     manifests = {}
     for name, rows in splits.items():
         path = out / f"{name}.csv"

@@ -1,0 +1,27 @@
+"""`spkrec door test NAME`: fire the configured door chain once with a synthetic grant."""
+
+from __future__ import annotations
+
+import argparse
+
+from spkrec.models.config import Config
+from spkrec.models.errors import SpkrecError
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.daemon.door.hook import fire_test
+
+    if args.stream and args.stream not in cfg.inputs:
+        raise SpkrecError(f"no input named '{args.stream}' in the config ([inputs.{args.stream}])")
+    door = cfg.door_for(args.stream)
+    decision, result = fire_test(door, args.name, args.stream)
+    steps = []
+    for key in ("second_factor", "command", "url"):
+        if key in result:
+            outcome = result[key]
+            detail = f"exit {outcome['exit']}" if "exit" in outcome else \
+                f"HTTP {outcome['status']}" if "status" in outcome else outcome.get("error", "")
+            steps.append(f"{key.replace('_', ' ')} {'ok' if outcome['ok'] else 'FAILED'} ({detail})")
+    audit = f"; audit log {door.audit_log}" if door.audit_log else ""
+    verdict = "lock actuated" if result.get("ok") else f"FAILED: {result.get('error', 'failed')}"
+    print(f"door test for {args.name}: {verdict}; {', '.join(steps) or 'no step ran'} (decision {decision.id}{audit})")
+    return 0 if result.get("ok") else 1

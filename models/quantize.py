@@ -38,6 +38,7 @@ from .private import private_dir
 QUANTIZER = "qdq-pc-v2"  # in the cache key with the recipe: a new quantiser builds new copies
 OP_TYPES = ["Conv", "Add"]
 RECIPES = ("u8s8", "u8s7", "u8u8")
+PORTABLE_RECIPE = "u8s7"  # an int8 file carried to other CPUs (`spkrec export --int8`): agrees on all of them
 
 
 def cpu_features() -> set[str]:

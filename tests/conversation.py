@@ -70,5 +70,7 @@ def turn_labels(events: list[dict], turns, offset: float = 0.0) -> list[str]:
     for start, end, _ in turns:
         inside = [e["label"] for e in events if e["event"] == "speaker" and start - 0.3 <= e["start"] - offset
                   and e["end"] - offset <= end + 0.3]
-        labels.append(max(set(inside), key=inside.count) if inside else "")
+        # a tie goes to the first label in sorted order, not to set order (which changes with the
+        # process's hash seed and made the same events read differently from one run to the next)
+        labels.append(max(sorted(set(inside)), key=inside.count) if inside else "")
     return labels

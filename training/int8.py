@@ -23,7 +23,7 @@ import onnx
 from spkrec.models.artifact import INPUT_NAME, ModelInfo, info_of
 from spkrec.models.audio import load_audio
 from spkrec.models.errors import ModelError
-from spkrec.models.quantize import OP_TYPES, excluded_nodes, float_initializers, quantize_static_int8
+from spkrec.models.quantize import OP_TYPES, PORTABLE_RECIPE, excluded_nodes, float_initializers, quantize_static_int8
 from spkrec.models.windows import frame_windows
 
 from .export import _save_atomically, _stamp
@@ -82,11 +82,13 @@ def stamp_ranges(model_path: Path, windows: np.ndarray, out: Path | None = None)
 
 def quantize_copy(src: Path, dst: Path, windows: Callable[[], np.ndarray]) -> ModelInfo:
     """The static int8 copy of ``src`` as a file of its own (``spkrec export --int8``), from the
-    model's ranges, or from ranges measured on ``windows()`` for a model exported without them."""
+    model's ranges, or from ranges measured on ``windows()`` for a model exported without them.
+    A file is carried to CPUs it was not built on, where no fp32 is at hand to check it against, so
+    it takes the recipe that agrees everywhere: 7-bit weights (``u8s7``, models.quantize)."""
     model = onnx.load(str(src), load_external_data=False)
     info = info_of(model, src)
     ranges = info.int8_ranges or measure_ranges(src, windows())
-    quantize_static_int8(src, dst, ranges)
+    quantize_static_int8(src, dst, ranges, PORTABLE_RECIPE)
     quantized = onnx.load(str(dst))
     info = _stamp(quantized, dataclasses.replace(info, precision="int8", int8_ranges=ranges), fingerprint=False)
     _save_atomically(quantized, dst)

@@ -28,12 +28,11 @@ from spkrec.daemon.pipeline.devices import resolve
 from spkrec.daemon.door.hook import DoorSink
 from spkrec.daemon.service import logs
 from spkrec.daemon.pipeline.events import StatusEvent
-from spkrec.daemon.commands.identify import skipped_voices
 from spkrec.daemon.meeting.session import LiveMeeting, Meeting, Namer, OfflineMeeting, summary
 from spkrec.daemon.service.metrics import MetricsServer
 from spkrec.daemon.modes import Mode, door_left_out, mode_of
 from spkrec.daemon.pipeline.run import Pipeline, Stream
-from spkrec.daemon.pipeline.roster import Roster
+from spkrec.daemon.pipeline.roster import Roster, open_gallery, skipped_voices
 from spkrec.daemon.service.notify import Supervisor, SystemdNotifier
 from spkrec.daemon.pipeline.sinks import JsonlSink, LogSink, ProgressSink
 from spkrec.daemon.pipeline.sources import FileSource, MicrophoneSource, StdinSource
@@ -41,12 +40,6 @@ from spkrec.daemon.pipeline.state import LiveState
 from spkrec.daemon.ui import TerminalUI
 from spkrec.daemon.pipeline.vad import Vad
 from spkrec.daemon.pipeline.windowing import Windower
-
-
-def open_gallery(cfg: Config) -> Gallery | None:
-    """The enrolled voices, if a gallery exists; the daemon never creates one."""
-    path = cfg.gallery_path()
-    return Gallery(path) if path.is_file() else None
 
 
 @dataclass(frozen=True)

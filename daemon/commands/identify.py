@@ -22,7 +22,6 @@ from spkrec.models.audio import is_silent, load_audio
 from spkrec.models.config import Config, VadConfig
 from spkrec.models.engine import Engine
 from spkrec.models.errors import AudioError
-from spkrec.models.gallery import Gallery
 from spkrec.models.scoring import Decision, cosine_scores, decide, mean_embedding
 
 
@@ -60,23 +59,10 @@ def identify_file(engine: Engine, roster: Roster, path: Path, threshold: float, 
     return FileResult(path, decide(scores, labels, threshold, margin), samples.size / info.sample_rate)
 
 
-def skipped_voices(gallery: Gallery | None, fingerprint: str, shown: int = 3) -> str | None:
-    """One line naming the enrolled voices this model cannot score (another model made them), or None.
-
-    They are skipped rather than refused, so the user must be told why those voices are never named.
-    """
-    names = gallery.foreign(fingerprint) if gallery is not None else []
-    if not names:
-        return None
-    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-    return (f"skipping {len(names)} voiceprint(s) enrolled with another model ({listed}): re-enroll them with this "
-            "model to recognise them")
-
-
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.thresholds import decision_point
 
-    from spkrec.daemon.live import open_gallery
+    from spkrec.daemon.pipeline.roster import open_gallery, skipped_voices
     from spkrec.daemon.pipeline.roster import Roster
 
     files = list(args.files)

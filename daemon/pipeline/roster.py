@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from spkrec.models.artifact import ModelInfo
+from spkrec.models.config import Config
 from spkrec.models.errors import GalleryError
 from spkrec.models.gallery import Gallery
 
@@ -67,3 +68,22 @@ class Roster:
     def names(self) -> set[str]:
         """Every name this roster can put on a voice now."""
         return set(self.current[0])
+
+
+def open_gallery(cfg: Config) -> Gallery | None:
+    """The enrolled voices, if a gallery exists; the daemon never creates one."""
+    path = cfg.gallery_path()
+    return Gallery(path) if path.is_file() else None
+
+
+def skipped_voices(gallery: Gallery | None, fingerprint: str, shown: int = 3) -> str | None:
+    """One line naming the enrolled voices this model cannot score (another model made them), or None.
+
+    They are skipped rather than refused, so the user must be told why those voices are never named.
+    """
+    names = gallery.foreign(fingerprint) if gallery is not None else []
+    if not names:
+        return None
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    return (f"skipping {len(names)} voiceprint(s) enrolled with another model ({listed}): re-enroll them with this "
+            "model to recognise them")

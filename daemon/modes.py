@@ -25,18 +25,13 @@ class Mode:
     door: bool  # a configured [door] / [inputs.NAME.door] actuates here
     metrics: bool  # [metrics] listen serves here
     summary: str  # "speakers": talk time per speaker; "meeting": turns, guests, RTTM
-    help: str
 
 
 MODES: dict[str, Mode] = {m.name: m for m in (
-    Mode("live", "inputs", "windows", "ui", door=True, metrics=True, summary="speakers",
-         help="who is speaking, window by window; the door decides on these streams"),
-    Mode("meeting", "inputs", "live-meeting", "ui", door=False, metrics=True, summary="meeting",
-         help="voices clustered as they come, turns, guests, RTTM (spkrec-live --meeting)"),
-    Mode("label", "recording", "offline-meeting", "progress", door=False, metrics=False, summary="meeting",
-         help="a whole recording clustered when it ends (spkrec label FILE)"),
-    Mode("demo", "demo", "windows", "ui", door=False, metrics=False, summary="speakers",
-         help="three enrolled voices and a stranger, made up for a first look (--demo)"),
+    Mode("live", "inputs", "windows", "ui", door=True, metrics=True, summary="speakers"),
+    Mode("meeting", "inputs", "live-meeting", "ui", door=False, metrics=True, summary="meeting"),
+    Mode("label", "recording", "offline-meeting", "progress", door=False, metrics=False, summary="meeting"),
+    Mode("demo", "demo", "windows", "ui", door=False, metrics=False, summary="speakers"),
 )}
 
 

@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from spkrec.models.config import Config, ConfigError, find_config, load_config
+from spkrec.models.config import Config, ConfigError, load_config
 from spkrec.models.errors import SpkrecError
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -130,7 +130,7 @@ def _installed(name: str) -> str | None:
         return None
 
 
-def check_audio(cfg: Config) -> Check:
+def check_audio() -> Check:
     from spkrec.daemon.pipeline.devices import default_input, list_inputs, portaudio
 
     try:
@@ -173,11 +173,10 @@ def check_model(cfg: Config) -> tuple[Check, object | None]:
 
 def check_config(explicit: str | None) -> tuple[Check, Config | None]:
     try:
-        found = find_config(explicit)
         cfg = load_config(explicit)
     except ConfigError as exc:
         return Check("config", FAIL, str(exc), "fix the key it names; `spkrec config` shows the merged result"), None
-    where = f"{found}" if found else "the packaged defaults (no config file found)"
+    where = f"{cfg.file}" if cfg.file else "the packaged defaults (no config file found)"
     return Check("config", OK, f"{where}; `spkrec config` shows each key's origin"), cfg
 
 
@@ -227,24 +226,19 @@ def check_gallery(cfg: Config, info) -> list[Check]:
 
 def check_int8(cfg: Config, info) -> Check:
     """The CPU's int8 copy, built and checked against fp32 here if it is not cached yet."""
+    from spkrec.daemon.default_model import ensure_model
     from spkrec.models.precision import NO_RANGES, choose
-    from spkrec.models.quantize import cpu_class, recipe_for
+    from spkrec.models.quantize import cpu_class
 
     if info is None:
         return Check("int8", SKIP, "no model to check")
-    source = Path(cfg.model.path).expanduser() if cfg.model.path else None
-    if source is None:
-        from spkrec.models.base import base_model_path
-
-        source = base_model_path()
-    cpu = cpu_class()
     try:
-        choice = choose(source, "auto", "cpu", cfg.cache_dir())
+        choice = choose(ensure_model(cfg), "auto", "cpu", cfg.cache_dir())
     except SpkrecError as exc:
         return Check("int8", FAIL, str(exc), "[model] precision = \"fp32\"")
     if choice.precision == "int8":
-        return Check("int8", OK, f"the CPU copy agrees with fp32 on this CPU ({cpu}, {recipe_for(cpu)}): "
-                                 f"{choice.path}")
+        recipe = choice.path.stem.rsplit("-", 1)[-1]  # the copy's name ends in its recipe (models.precision)
+        return Check("int8", OK, f"the CPU copy agrees with fp32 on this CPU ({cpu_class()}, {recipe}): {choice.path}")
     if choice.note == NO_RANGES:
         return Check("int8", SKIP, "the model carries no int8 calibration: the CPU runs fp32")
     return Check("int8", WARN, f"the CPU runs fp32: {choice.note}",
@@ -256,7 +250,7 @@ def run_checks(explicit_config: str | None) -> list[Check]:
     checks = [check_python(), check_core()]
     config_check, cfg = check_config(explicit_config)
     cfg = cfg or Config()
-    checks += [check_onnxruntime(cfg), check_audio(cfg)]
+    checks += [check_onnxruntime(cfg), check_audio()]
     model_check, info = check_model(cfg)
     checks += [model_check, config_check, check_int8(cfg, info), _folder("cache", cfg.cache_dir()),
                *check_gallery(cfg, info)]

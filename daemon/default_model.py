@@ -8,8 +8,8 @@ from typing import Callable
 from spkrec.models.base import base_model_path
 from spkrec.models.config import Config
 from spkrec.models.engine import PROVIDERS, Engine, available_providers
-from spkrec.models.precision import NO_RANGES, choose
 from spkrec.models.errors import EngineError, ModelError
+from spkrec.models.precision import NO_RANGES, choose
 
 
 def ensure_model(cfg: Config) -> Path:

@@ -14,32 +14,32 @@ from typing import Callable
 from rich.console import Console
 from rich.table import Table
 
-from spkrec.models.artifact import ModelInfo
-from spkrec.models.clustering import Scales
-from spkrec.models.config import Config, DoorConfig, is_input_name
-from spkrec.models.errors import DeviceError, SpkrecError
-from spkrec.models.gallery import Gallery
-from spkrec.models.thresholds import OperatingPoint, decision_point
-
-from spkrec.daemon.pipeline.decisions import Decider, DeciderSettings
-from spkrec.daemon.default_model import open_engine
 from spkrec.daemon.commands.demo import demo_gallery, demo_source
-from spkrec.daemon.pipeline.devices import resolve
+from spkrec.daemon.default_model import open_engine
+from spkrec.daemon.door.config import DoorConfig, door_for
 from spkrec.daemon.door.hook import DoorSink
-from spkrec.daemon.service import logs
-from spkrec.daemon.pipeline.events import StatusEvent
 from spkrec.daemon.meeting.session import LiveMeeting, Meeting, Namer, OfflineMeeting, summary
-from spkrec.daemon.service.metrics import MetricsServer
 from spkrec.daemon.modes import Mode, door_left_out, mode_of
-from spkrec.daemon.pipeline.run import Pipeline, Stream
+from spkrec.daemon.pipeline.decisions import Decider, DeciderSettings
+from spkrec.daemon.pipeline.devices import resolve
+from spkrec.daemon.pipeline.events import StatusEvent
 from spkrec.daemon.pipeline.roster import Roster, open_gallery, skipped_voices
-from spkrec.daemon.service.notify import Supervisor, SystemdNotifier
+from spkrec.daemon.pipeline.run import Pipeline, Stream
 from spkrec.daemon.pipeline.sinks import JsonlSink, LogSink, ProgressSink
 from spkrec.daemon.pipeline.sources import FileSource, MicrophoneSource, StdinSource
 from spkrec.daemon.pipeline.state import LiveState
-from spkrec.daemon.ui import TerminalUI
 from spkrec.daemon.pipeline.vad import Vad
 from spkrec.daemon.pipeline.windowing import Windower
+from spkrec.daemon.service import logs
+from spkrec.daemon.service.metrics import MetricsServer
+from spkrec.daemon.service.notify import Supervisor, SystemdNotifier
+from spkrec.daemon.ui import TerminalUI
+from spkrec.models.artifact import ModelInfo
+from spkrec.models.clustering import Scales
+from spkrec.models.config import Config, is_input_name
+from spkrec.models.errors import DeviceError, SpkrecError
+from spkrec.models.gallery import Gallery
+from spkrec.models.thresholds import OperatingPoint, decision_point
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     roster = Roster(info, gallery, cfg.decision.trained_speakers)
     streams, points = [], []
     for spec, source in zip(specs, sources):
-        door = cfg.door_for(spec.name)
+        door = door_for(cfg, spec.name)
         point = decision_point(cfg, info, opened, door=mode.door and bool(door.authorized))
         state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
                           timeline_s=cfg.ui.timeline_s, demo=demo, name=spec.name)
@@ -183,7 +183,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         if meeting is not None:
             stream.decider = meeting.decider(stream.decider, stream.emit)
             stream.sinks[:0] = meeting.sinks()  # turns close before the UI and event log see "stopped"
-        door = cfg.door_for(stream.name)
+        door = door_for(cfg, stream.name)
         if door.authorized and not mode.door:
             _notice(stream, door_left_out(mode), on_screen, len(streams) > 1)
         elif door.authorized:

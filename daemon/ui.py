@@ -15,10 +15,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from spkrec.models.scoring import UNKNOWN
-
 from spkrec.daemon.pipeline.events import Event
 from spkrec.daemon.pipeline.state import LiveState
+from spkrec.models.scoring import UNKNOWN
 
 PALETTE = ("bright_cyan", "bright_magenta", "bright_green", "bright_yellow", "bright_blue", "bright_red",
            "cyan", "magenta", "green", "yellow", "blue", "red")

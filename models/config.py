@@ -1,8 +1,14 @@
 """Typed configuration: dataclasses, loaded from TOML, validated with errors that name the key.
 
-The dataclass defaults below are the packaged defaults; the top-level ``config.toml`` states
-the same values with a comment per key (a test keeps the two equal). A user's file need only
-hold the keys it changes: it is merged over these defaults.
+This module is the loader, the lookup order and the validation, in one place, and owns the
+sections of the runtime contract (model, audio, VAD, stream, decision, UI, gallery, enrollment,
+calibration, paths). The parts own theirs (``[door]``, ``[log]``, ``[metrics]``, ``[meeting]``,
+``[train]``) and register them under the ``spkrec.config`` entry-point group (models.options):
+``Config`` is assembled from both at import, without importing a part by name.
+
+The dataclass defaults are the packaged defaults; the top-level ``config.toml`` states the same
+values with a comment per key (a test keeps the two equal). A user's file need only hold the
+keys it changes: it is merged over these defaults.
 
 Where the file is looked for is ``LOOKUP`` (the one place that says it; help texts and ``spkrec
 config`` print it): the first one found is merged over the defaults; with none, the defaults
@@ -17,221 +23,119 @@ import json
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Mapping, get_type_hints
 
 from .engine import PROVIDERS
 from .errors import ConfigError
+from .options import GROUP, Section, option
 from .precision import PRECISIONS
 
 SYSTEM_CONFIG = Path("/etc/spkrec/config.toml")
 FLAG = "command line"  # the origin of a value set by a flag
 
 
-def _opt(default: Any, *, lo: float | None = None, hi: float | None = None,
-         choices: tuple | None = None, length: int | None = None):
-    """A dataclass field with the range or choices it is validated against."""
-    meta = {"lo": lo, "hi": hi, "choices": choices, "length": length}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
 @dataclass
 class ModelConfig:
-    path: str = _opt("")
-    provider: str = _opt("auto", choices=("auto", *PROVIDERS))
-    threads: int = _opt(0, lo=0, hi=256)
-    io_binding: bool = _opt(False)
-    precision: str = _opt("auto", choices=PRECISIONS)
+    path: str = option("")
+    provider: str = option("auto", choices=("auto", *PROVIDERS))
+    threads: int = option(0, lo=0, hi=256)
+    io_binding: bool = option(False)
+    precision: str = option("auto", choices=PRECISIONS)
 
 
 @dataclass
 class AudioConfig:
-    device: str = _opt("")
-    stdin_rate: int = _opt(16000, lo=8000, hi=192000)
-    block_s: float = _opt(0.1, lo=0.01, hi=1.0)
-    queue_s: float = _opt(10.0, lo=0.5, hi=600.0)
-    reconnect_max_s: float = _opt(10.0, lo=0.1, hi=600.0)
+    device: str = option("")
+    stdin_rate: int = option(16000, lo=8000, hi=192000)
+    block_s: float = option(0.1, lo=0.01, hi=1.0)
+    queue_s: float = option(10.0, lo=0.5, hi=600.0)
+    reconnect_max_s: float = option(10.0, lo=0.1, hi=600.0)
 
 
 @dataclass
 class VadConfig:
-    aggressiveness: int = _opt(2, lo=0, hi=3)
-    frame_ms: int = _opt(30, choices=(10, 20, 30))
-    min_voiced_ratio: float = _opt(0.5, lo=0.0, hi=1.0)
+    aggressiveness: int = option(2, lo=0, hi=3)
+    frame_ms: int = option(30, choices=(10, 20, 30))
+    min_voiced_ratio: float = option(0.5, lo=0.0, hi=1.0)
 
 
 @dataclass
 class StreamConfig:
-    window_s: float = _opt(0.0, lo=0.0, hi=10.0)
-    hop_s: float = _opt(0.0, lo=0.0, hi=10.0)
-    smoothing: int = _opt(3, lo=1, hi=50)
-    batch_wait_s: float = _opt(0.1, lo=0.0, hi=1.0)
+    window_s: float = option(0.0, lo=0.0, hi=10.0)
+    hop_s: float = option(0.0, lo=0.0, hi=10.0)
+    smoothing: int = option(3, lo=1, hi=50)
+    batch_wait_s: float = option(0.1, lo=0.0, hi=1.0)
 
 
 @dataclass
 class UiConfig:
-    refresh_hz: float = _opt(8.0, lo=1.0, hi=30.0)
-    timeline_s: float = _opt(60.0, lo=10.0, hi=600.0)
+    refresh_hz: float = option(8.0, lo=1.0, hi=30.0)
+    timeline_s: float = option(60.0, lo=10.0, hi=600.0)
 
 
 @dataclass
 class DecisionConfig:
-    operating_point: str = _opt("auto", choices=("auto", "calibrated", "eer", "far1", "fixed"))
-    threshold: float = _opt(0.5, lo=-1.0, hi=1.0)
-    margin: float = _opt(0.0, lo=0.0, hi=2.0)
-    trained_speakers: bool = _opt(True)
-
-
-@dataclass
-class MeetingConfig:
-    max_speakers: int = _opt(20, lo=1, hi=200)
-    min_speaker_s: float = _opt(2.0, lo=0.0, hi=60.0)
-    max_pause_s: float = _opt(1.0, lo=0.0, hi=10.0)
-    min_turn_s: float = _opt(0.5, lo=0.0, hi=10.0)
-    context_s: float = _opt(30.0, lo=5.0, hi=300.0)
+    operating_point: str = option("auto", choices=("auto", "calibrated", "eer", "far1", "fixed"))
+    threshold: float = option(0.5, lo=-1.0, hi=1.0)
+    margin: float = option(0.0, lo=0.0, hi=2.0)
+    trained_speakers: bool = option(True)
 
 
 @dataclass
 class CalibrateConfig:
-    target_far: float = _opt(0.01, lo=0.0001, hi=0.5)
-    target_visit_far: float = _opt(0.01, lo=0.0, hi=0.5)
-    holdout: float = _opt(0.25, lo=0.05, hi=0.75)
+    target_far: float = option(0.01, lo=0.0001, hi=0.5)
+    target_visit_far: float = option(0.01, lo=0.0, hi=0.5)
+    holdout: float = option(0.25, lo=0.05, hi=0.75)
 
 
 @dataclass
 class GalleryConfig:
-    path: str = _opt("")
+    path: str = option("")
 
 
 @dataclass
 class EnrollConfig:
-    min_voiced_s: float = _opt(20.0, lo=1.0, hi=3600.0)
-    max_clipped: float = _opt(0.001, lo=0.0, hi=1.0)
-    min_level_db: float = _opt(-45.0, lo=-120.0, hi=0.0)
-    min_consistency: float = _opt(0.0, lo=-1.0, hi=1.0)
-
-
-@dataclass
-class DoorConfig:
-    authorized: list = _opt([])
-    command: list = _opt([])
-    url: str = _opt("")
-    timeout_s: float = _opt(5.0, lo=0.1, hi=600.0)
-    cooldown_s: float = _opt(10.0, lo=0.0, hi=86400.0)
-    audit_log: str = _opt("")
-    wins: int = _opt(3, lo=1, hi=100)
-    of_last: int = _opt(4, lo=1, hi=100)
-    min_voiced_s: float = _opt(1.5, lo=0.0, hi=60.0)
-    max_delay_s: float = _opt(3.0, lo=0.1, hi=600.0)
-    secret_file: str = _opt("")
-    secret_env: str = _opt("SPKREC_DOOR_SECRET")
-    ca_file: str = _opt("")
-    second_factor_command: list = _opt([])
-    second_factor_url: str = _opt("")
-    second_factor_timeout_s: float = _opt(15.0, lo=0.1, hi=600.0)
-
-
-@dataclass
-class LogConfig:
-    level: str = _opt("info", choices=("debug", "info", "warning", "error"))
-
-
-@dataclass
-class MetricsConfig:
-    listen: str = _opt("")
-    stale_s: float = _opt(30.0, lo=1.0, hi=86400.0)
-
-
-@dataclass
-class InputConfig:
-    """One named input of a daemon that serves several (``[inputs.NAME]``)."""
-
-    device: str = _opt("")
-    file: str = _opt("")
-    door: dict = field(default_factory=dict, metadata={"overrides": "door"})  # keys of [door], for this input
+    min_voiced_s: float = option(20.0, lo=1.0, hi=3600.0)
+    max_clipped: float = option(0.001, lo=0.0, hi=1.0)
+    min_level_db: float = option(-45.0, lo=-120.0, hi=0.0)
+    min_consistency: float = option(0.0, lo=-1.0, hi=1.0)
 
 
 @dataclass
 class PathsConfig:
-    cache_dir: str = _opt("")
+    cache_dir: str = option("")
 
 
-@dataclass
-class AugmentConfig:
-    noise_prob: float = _opt(0.5, lo=0.0, hi=1.0)
-    snr_db: list = _opt([5.0, 20.0], length=2)
-    reverb_prob: float = _opt(0.3, lo=0.0, hi=1.0)
-    rt60_s: list = _opt([0.2, 0.8], length=2)
-    gain_db: float = _opt(6.0, lo=0.0, hi=40.0)
-    spec_augment: bool = _opt(True)
-    freq_mask_bins: int = _opt(10, lo=0, hi=80)
-    time_mask_frames: int = _opt(20, lo=0, hi=400)
+# The sections of the runtime contract, in the order `spkrec config` prints them; the parts'
+# own sections (entry-point group ``spkrec.config``) follow, then ``[inputs]``.
+CORE = (Section("model", ModelConfig), Section("audio", AudioConfig), Section("vad", VadConfig),
+        Section("stream", StreamConfig), Section("decision", DecisionConfig), Section("ui", UiConfig),
+        Section("gallery", GalleryConfig), Section("enroll", EnrollConfig), Section("calibrate", CalibrateConfig),
+        Section("paths", PathsConfig))
 
 
-@dataclass
-class TrainConfig:
-    batch_size: int = _opt(32, lo=1, hi=4096)
-    epochs: int = _opt(5, lo=1, hi=10000)
-    min_steps: int = _opt(300, lo=0, hi=10_000_000)
-    steps_per_speaker: int = _opt(10, lo=0, hi=100_000)
-    optimizer: str = _opt("adamw", choices=("adamw",))
-    lr: float = _opt(1e-3, lo=0.0, hi=1.0)
-    weight_decay: float = _opt(0.0, lo=0.0, hi=1.0)
-    scheduler: str = _opt("cosine", choices=("cosine", "constant"))
-    warmup_steps: int = _opt(0, lo=0, hi=1_000_000)
-    grad_clip: float = _opt(0.0, lo=0.0, hi=1e6)
-    loss: str = _opt("aam", choices=("aam", "softmax"))
-    aam_margin: float = _opt(0.2, lo=0.0, hi=1.0)
-    aam_scale: float = _opt(30.0, lo=1.0, hi=100.0)
-    embedding_dim: int = _opt(256, lo=8, hi=4096)
-    sample_rate: int = _opt(16000, choices=(8000, 16000))
-    window_s: float = _opt(2.0, lo=0.5, hi=10.0)
-    hop_s: float = _opt(0.5, lo=0.1, hi=10.0)
-    n_mels: int = _opt(80, lo=20, hi=128)
-    pretrained: str = _opt("speaker")
-    stem_pool: str = _opt("none", choices=("none", "time", "2x2"))
-    pooling: str = _opt("stats", choices=("stats", "avg"))
-    freeze_layers: int = _opt(0, lo=0, hi=4)
-    val_fraction: float = _opt(0.2, lo=0.0, hi=0.9)
-    val_voices: int = _opt(-1, lo=-1, hi=100_000)
-    seed: int = _opt(0, lo=0, hi=2**31 - 1)
-    device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
-    amp: bool = _opt(True)
-    workers: int = _opt(-1, lo=-1, hi=64)
-    cache_audio: bool = _opt(True)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+def registered() -> tuple[Section, ...]:
+    """The parts' sections, by name; the first registration of a name wins (an editable
+    install and a built one side by side register the same part twice)."""
+    found: dict[str, Section] = {}
+    for entry in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        if entry.name not in found:
+            found[entry.name] = entry.load()
+    return tuple(found.values())
 
 
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    vad: VadConfig = field(default_factory=VadConfig)
-    stream: StreamConfig = field(default_factory=StreamConfig)
-    decision: DecisionConfig = field(default_factory=DecisionConfig)
-    ui: UiConfig = field(default_factory=UiConfig)
-    gallery: GalleryConfig = field(default_factory=GalleryConfig)
-    enroll: EnrollConfig = field(default_factory=EnrollConfig)
-    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
-    meeting: MeetingConfig = field(default_factory=MeetingConfig)
-    door: DoorConfig = field(default_factory=DoorConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    inputs: dict = field(default_factory=dict, metadata={"table_of": InputConfig})  # name -> InputConfig
+SECTIONS = CORE + registered()
+
+
+class _Settings:
+    """What every Config knows besides its sections: where it came from and where its files live."""
 
     def __post_init__(self) -> None:
         self.file: Path | None = None  # the config file merged over the defaults, if any
         self.origins: dict[str, str] = {}  # dotted key -> the file or flag that set it; absent = the default
-
-    def door_for(self, stream: str) -> DoorConfig:
-        """``[door]`` with this input's ``[inputs.NAME.door]`` keys over it: each door its policy."""
-        entry = self.inputs.get(stream)
-        return dataclasses.replace(self.door, **entry.door) if entry is not None else self.door
 
     def cache_dir(self) -> Path:
         """Where converted weights, decoded demo audio and the default model are kept."""
@@ -246,6 +150,24 @@ class Config:
             return Path(self.gallery.path).expanduser()
         base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
         return Path(base) / "spkrec" / "gallery.sqlite"
+
+
+def _section_field(section: Section) -> tuple[str, type, Any]:
+    return section.name, section.kind, field(default_factory=section.kind)
+
+
+# One named input of a daemon that serves several (``[inputs.NAME]``): its device or file, and
+# for each section that allows it, keys that override that section for this input only.
+InputConfig = make_dataclass("InputConfig", [
+    ("device", str, option("")), ("file", str, option("")),
+    *[(s.name, dict, field(default_factory=dict, metadata={"overrides": s.name})) for s in SECTIONS if s.per_input]])
+
+Config = make_dataclass("Config", [*map(_section_field, SECTIONS),
+                                   ("inputs", dict, field(default_factory=dict, metadata={"table_of": InputConfig}))],
+                        bases=(_Settings,))
+Config.__doc__ = "The whole configuration: one attribute per section, ``inputs`` a name -> InputConfig table."
+Config.__module__ = InputConfig.__module__ = __name__
+
 
 def choices(key: str) -> tuple:
     """The values a dotted key accepts (``"model.precision"``), from its field: what a flag that
@@ -284,10 +206,7 @@ def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> An
     return value
 
 
-_CLUSTERING = "meeting clustering takes its thresholds from the model (README, Meeting mode); delete the line"
-_REMOVED = {"meeting.guest_threshold": _CLUSTERING, "meeting.merge_threshold": _CLUSTERING,
-            "meeting.max_guests": "it is meeting.max_speakers now",
-            "meeting.change_windows": "turn boundaries come from 0.1-s frames now; delete the line"}
+_GONE = {key: why for section in SECTIONS for key, why in section.gone.items()}
 
 
 def _merge(obj: Any, data: Mapping[str, Any], prefix: str, origins: dict | None = None, origin: str = "") -> None:
@@ -299,8 +218,8 @@ def _merge(obj: Any, data: Mapping[str, Any], prefix: str, origins: dict | None 
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for name, value in data.items():
         key = prefix + name
-        if key in _REMOVED:
-            raise ConfigError(f"config key '{key}' is gone: {_REMOVED[key]}")
+        if key in _GONE:
+            raise ConfigError(f"config key '{key}' is gone: {_GONE[key]}")
         if name not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key '{key}' (known here: {known})")
@@ -345,40 +264,16 @@ def _overrides_of(section: str, data: Any, key: str) -> dict:
 
 
 def _validate_relations(cfg: Config) -> None:
-    """Checks that span keys; a window must hold at least one hop, and ranges be ordered."""
-    t = cfg.train
+    """Checks that span keys, the core's here and each part's by its section's ``validate``."""
     if cfg.stream.window_s and cfg.stream.hop_s > cfg.stream.window_s:
         raise ConfigError(f"config key 'stream.hop_s' ({cfg.stream.hop_s}) must not exceed 'stream.window_s' "
                           f"({cfg.stream.window_s})")
-    for prefix, door in [("door", cfg.door)] + [(f"inputs.{n}.door", cfg.door_for(n)) for n in cfg.inputs]:
-        if door.wins > door.of_last:
-            raise ConfigError(f"config key '{prefix}.wins' ({door.wins}) must not exceed '{prefix}.of_last' "
-                              f"({door.of_last})")
-        for key in ("authorized", "command", "second_factor_command"):
-            if not all(isinstance(v, str) and v for v in getattr(door, key)):
-                raise ConfigError(f"config key '{prefix}.{key}' must be a list of non-empty strings")
-        for key in ("url", "second_factor_url"):
-            url = getattr(door, key)
-            if url and not url.startswith(("http://", "https://")):
-                raise ConfigError(f"config key '{prefix}.{key}' must be an http:// or https:// URL, got {url!r}")
-    if cfg.metrics.listen:
-        listen_address(cfg.metrics.listen)
     for name, entry in cfg.inputs.items():
         if bool(entry.device) == bool(entry.file):
             raise ConfigError(f"config table 'inputs.{name}' needs exactly one of 'device' or 'file'")
-    if t.hop_s > t.window_s:
-        raise ConfigError(f"config key 'train.hop_s' ({t.hop_s}) must not exceed 'train.window_s' ({t.window_s})")
-    for key, pair in (("train.augment.snr_db", t.augment.snr_db), ("train.augment.rt60_s", t.augment.rt60_s)):
-        if not all(isinstance(v, (int, float)) for v in pair) or pair[0] > pair[1]:
-            raise ConfigError(f"config key '{key}' must be [low, high] numbers with low <= high, got {pair!r}")
-
-
-def listen_address(value: str) -> tuple[str, int]:
-    """``"127.0.0.1:9464"`` / ``"[::1]:9464"`` / ``":9464"`` (every interface) -> (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"config key 'metrics.listen' must be HOST:PORT, e.g. \"127.0.0.1:9464\", got {value!r}")
-    return host.strip("[]"), int(port)
+    for section in SECTIONS:
+        if section.validate is not None:
+            section.validate(cfg)
 
 
 # Where a config file is looked for, in order; a place that is named (a flag, a variable) must exist.

@@ -34,7 +34,6 @@ import numpy as np
 
 from .private import private_dir
 
-
 QUANTIZER = "qdq-pc-v2"  # in the cache key with the recipe: a new quantiser builds new copies
 OP_TYPES = ["Conv", "Add"]
 RECIPES = ("u8s8", "u8s7", "u8u8")

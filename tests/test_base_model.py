@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 
-import pytest
-
 import conversation
+import pytest
 from conftest import LIBRI, REPO, play_to_daemon, speaker_files, spkrec
+
 from spkrec.models.base import base_model_path
 from spkrec.models.engine import Engine
 
@@ -78,8 +79,8 @@ def test_core_install_without_torch_identifies_a_file_at_once(tmp_path):
     """The wheel installed with its core dependencies only, into a fresh environment with empty
     caches: `spkrec enroll` and `spkrec identify` work on the shipped model, torch is absent."""
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
+                    str(source_copy(tmp_path))], check=True, capture_output=True)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -119,6 +120,23 @@ def _operators_commands_work(bin_dir, run: dict) -> None:
     assert unit.returncode == 0 and f"ExecStart={bin_dir / 'spkrec-live'} --no-ui" in unit.stdout, unit.stderr
     config = subprocess.run([str(bin_dir / "spkrec"), "config"], **run)
     assert config.returncode == 0 and "(no config file found)" in config.stdout, config.stderr
+    for section in ("[door]", "[log]", "[meeting]", "[metrics]", "[train.augment]"):  # the parts' registrations
+        assert section in config.stdout, config.stdout
+
+
+def source_copy(tmp_path):
+    """The tracked files in a folder of their own: a build writes its egg-info and build/ beside
+    the sources, and an egg-info left in the repository would shadow the installed metadata
+    (entry points) of every command later started from the repository's root."""
+    copy = tmp_path / "source"
+    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True)
+    if tracked.returncode != 0:  # not a git checkout: everything but what builds and runs leave
+        shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__"))
+        return copy
+    for name in filter(None, tracked.stdout.decode().split("\0")):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, copy / name)
+    return copy
 
 
 def test_pipx_install_gives_both_commands(tmp_path):
@@ -137,8 +155,8 @@ def test_pipx_install_gives_both_commands(tmp_path):
            "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
     env.pop("SPKREC_CONFIG", None)
     env.pop("VIRTUAL_ENV", None)
-    installed = subprocess.run([str(tools / "bin" / "pipx"), "install", str(REPO)], capture_output=True, text=True,
-                               env=env)
+    installed = subprocess.run([str(tools / "bin" / "pipx"), "install", str(source_copy(tmp_path))],
+                               capture_output=True, text=True, env=env)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     run = dict(capture_output=True, text=True, env=env, cwd=tmp_path)
     venv_python = tmp_path / "pipx" / "venvs" / "spkrec" / "bin" / "python"

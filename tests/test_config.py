@@ -127,3 +127,22 @@ def test_threshold_prefers_the_gallery_calibration_under_auto():
     cfg.decision.operating_point = "calibrated"
     with pytest.raises(ConfigError, match="spkrec calibrate"):
         resolve(cfg.decision, model)
+
+
+def test_a_parts_section_is_validated_like_the_core_and_per_input_where_it_allows(tmp_path):
+    """[door] is the door's own section (daemon.door.config), registered, not written into the
+    loader: its keys, ranges and per-input overrides are still checked with the key named."""
+    from spkrec.daemon.door.config import DoorConfig, door_for
+
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[door]\nwins = 2\n[inputs.front]\ndevice = "USB"\n[inputs.front.door]\nwins = 4\nof_last = 5\n')
+    cfg = load_config(mine)
+    assert isinstance(cfg.door, DoorConfig) and cfg.door.wins == 2
+    assert door_for(cfg, "front").wins == 4 and door_for(cfg, "front").of_last == 5 and door_for(cfg, "back").wins == 2
+    for text, key in (('[inputs.front]\ndevice = "USB"\n[inputs.front.door]\nwins = 0\n', "inputs.front.door.wins"),
+                      ('[inputs.front]\ndevice = "USB"\n[inputs.front.meeting]\nmax_speakers = 3\n',
+                       "inputs.front.meeting"),
+                      ("[metrics]\nlisten = 'nowhere'\n", "metrics.listen")):
+        mine.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+            load_config(mine)

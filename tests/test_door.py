@@ -13,7 +13,7 @@ import pytest
 from conftest import Webhook
 from spkrec.daemon.door.hook import DoorSink
 from spkrec.daemon.pipeline.events import DoorEvent, SilenceEvent, SpeakerEvent, StatusEvent
-from spkrec.models.config import DoorConfig
+from spkrec.daemon.door.config import DoorConfig
 
 WINDOW, HOP = 2.0, 0.5
 # Speech as a speaker at a door delivers it: phrases with short pauses (stream seconds).

@@ -75,3 +75,33 @@ def test_no_import_circles_inside_a_package():
     for start in sorted(graph):
         visit(start, [start], {start})
     assert not sorted(set(cycles)), sorted(set(cycles))
+
+
+def _closure(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_each_part_registers_its_config_section_and_the_loader_finds_it():
+    """The parts' sections come to the loader through the ``spkrec.config`` entry points (the
+    loader names no part); a section's module must not reach ``models.config`` itself, or
+    loading the config would import itself half-built."""
+    import tomllib
+    from importlib.metadata import entry_points
+
+    from spkrec.models.config import SECTIONS
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["spkrec.config"]
+    installed = {e.name: e.value for e in entry_points(group="spkrec.config")}
+    assert installed == declared, "the install's metadata is stale: run bash .ci/setup"
+    graph = _graph()
+    for name, value in declared.items():
+        module = value.split(":")[0]
+        assert module in graph, value
+        assert "spkrec.models.config" not in _closure(graph, module), f"{module} reaches the loader"
+    assert {s.name for s in SECTIONS} >= set(declared)

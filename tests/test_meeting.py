@@ -18,7 +18,8 @@ from spkrec.daemon.pipeline.events import RelabelEvent, TurnEvent
 from spkrec.daemon.meeting.incremental import IncrementalClusterer
 from spkrec.daemon.meeting.session import LiveMeeting, Namer, OfflineMeeting, RttmSink, TurnTally, summary
 from spkrec.models.clustering import Scales, cluster, measure_scales
-from spkrec.models.config import MeetingConfig, from_dict
+from spkrec.daemon.meeting.config import MeetingConfig
+from spkrec.models.config import from_dict
 from spkrec.models.errors import ConfigError
 from spkrec.models.private import readable_by_others
 from spkrec.models.scoring import normalize

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from spkrec.models.config import AugmentConfig
+from spkrec.training.config import AugmentConfig
 
 from .torchaudio_ops import add_noise, fftconvolve
 

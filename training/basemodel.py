@@ -28,9 +28,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from spkrec.models.config import AugmentConfig
 from spkrec.models.errors import DataError
 from spkrec.models.windows import frame_windows
+from spkrec.training.config import AugmentConfig
 
 from . import pretrained
 from .augment import Augmenter

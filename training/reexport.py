@@ -12,10 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from spkrec.models.artifact import ModelInfo
-from spkrec.models.config import Config, TrainConfig, from_dict
+from spkrec.models.config import Config, from_dict
 from spkrec.models.engine import Engine
 from spkrec.models.errors import DataError, ModelError
 from spkrec.models.windows import fit_length
+from spkrec.training.config import TrainConfig
 
 from . import data as datasets
 from .evaluate import embed_clips, evaluate, save_confusion_png

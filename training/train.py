@@ -23,22 +23,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from spkrec.models import __version__
 from spkrec.models.artifact import ModelInfo
 from spkrec.models.clustering import measure_scales
-from spkrec.models.config import Config, TrainConfig
+from spkrec.models.config import Config
 from spkrec.models.errors import DataError
 from spkrec.models.scoring import normalize
 from spkrec.models.windows import fit_length
+from spkrec.training.config import TrainConfig
 
 from . import data as datasets
 from . import distributed, pretrained
 from .augment import Augmenter
+from .distributed import Group
 from .evaluate import Embedded, embed_clips, evaluate, open_set_eer, prototypes, save_confusion_png
 from .export import check_parity, export_onnx
-from .int8 import RUN_WINDOWS, stamp_ranges, windows_of
-from .scales import voice_windows
-from .distributed import Group
 from .features import SpecAugment
+from .int8 import RUN_WINDOWS, stamp_ranges, windows_of
 from .loader import RunBatches, auto_workers, batch_loader
 from .network import MarginLoss, SpeakerNet
+from .scales import voice_windows
 
 CHECKPOINT = "checkpoint.pt"
 

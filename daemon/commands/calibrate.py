@@ -16,15 +16,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from spkrec.daemon.commands import enroll
+from spkrec.daemon.commands.common import engine_for
 from spkrec.models.audio import audio_files, load_audio
-from spkrec.models.calibration import DoorRule, OpenSetCalibration, VisitCalibration, calibrate_open_set, calibrate_visits
+from spkrec.models.calibration import (DoorRule, OpenSetCalibration, VisitCalibration, calibrate_open_set,
+                                       calibrate_visits)
 from spkrec.models.config import Config
 from spkrec.models.engine import Engine
 from spkrec.models.errors import AudioError, GalleryError
 from spkrec.models.gallery import Gallery
-
-from spkrec.daemon.commands import enroll
-from spkrec.daemon.commands.common import engine_for
 
 
 def impostor_windows(engine: Engine, paths: list[Path], cfg: Config, console: Console) -> list[np.ndarray]:

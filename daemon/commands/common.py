@@ -6,6 +6,7 @@ from rich.console import Console
 
 from spkrec.models.config import Config
 
+
 def engine_for(cfg: Config):
     from spkrec.daemon.default_model import open_engine
     from spkrec.daemon.service.logs import console_warning

@@ -14,14 +14,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from spkrec.daemon.commands import enroll
+from spkrec.daemon.commands.democorpus import build_corpus
+from spkrec.daemon.pipeline.sources import DemoSource
 from spkrec.models.audio import load_audio
 from spkrec.models.config import Config
-from spkrec.daemon.commands.democorpus import build_corpus
 from spkrec.models.engine import Engine
 from spkrec.models.gallery import Gallery
-
-from spkrec.daemon.commands import enroll
-from spkrec.daemon.pipeline.sources import DemoSource
 
 STRANGER = "big-fish-nl"  # never enrolled: the demo's unknown voice
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from spkrec.models.config import Config
 
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.daemon.pipeline.devices import default_input, list_inputs
 

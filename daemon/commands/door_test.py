@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from spkrec.daemon.door.config import door_for
 from spkrec.models.config import Config
 from spkrec.models.errors import SpkrecError
+
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.daemon.door.hook import fire_test
 
     if args.stream and args.stream not in cfg.inputs:
         raise SpkrecError(f"no input named '{args.stream}' in the config ([inputs.{args.stream}])")
-    door = cfg.door_for(args.stream)
+    door = door_for(cfg, args.stream)
     decision, result = fire_test(door, args.name, args.stream)
     steps = []
     for key in ("second_factor", "command", "url"):

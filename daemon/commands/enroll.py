@@ -126,9 +126,7 @@ def record(device_spec: str, rate: int, seconds: float, vad: VadConfig, block_s:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.audio import load_audio
-    from spkrec.models.gallery import Gallery
-
-    from spkrec.models.gallery import check_name
+    from spkrec.models.gallery import Gallery, check_name
 
     check_name(args.name)  # a reserved or malformed name fails before any audio is read
     engine = engine_for(cfg)
@@ -152,10 +150,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 def _enroll_guest(args: argparse.Namespace, cfg: Config, engine) -> int:
     """A guest of a labelled meeting saved under a real name: no recording needed."""
+    from spkrec.daemon.meeting.guests import load_guest
     from spkrec.models.errors import GalleryError
     from spkrec.models.gallery import Gallery
-
-    from spkrec.daemon.meeting.guests import load_guest
 
     if args.guests is None:
         raise GalleryError("--from-guest needs --guests FILE (written next to the meeting's RTTM)")

@@ -60,10 +60,8 @@ def identify_file(engine: Engine, roster: Roster, path: Path, threshold: float, 
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.daemon.pipeline.roster import Roster, open_gallery, skipped_voices
     from spkrec.models.thresholds import decision_point
-
-    from spkrec.daemon.pipeline.roster import open_gallery, skipped_voices
-    from spkrec.daemon.pipeline.roster import Roster
 
     files = list(args.files)
     if not cfg.model.path and files and files[0].suffix == ".onnx" and len(files) > 1:

@@ -6,6 +6,7 @@ import argparse
 
 from spkrec.models.config import Config
 
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.daemon.live import run_live
 

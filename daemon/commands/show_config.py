@@ -8,6 +8,7 @@ from pathlib import Path
 from spkrec.models import __version__
 from spkrec.models.config import FLAG, Config
 
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.config import candidates, to_toml
 

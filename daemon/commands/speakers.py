@@ -12,6 +12,7 @@ from spkrec.models.config import Config
 
 from .common import warning
 
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.models.errors import GalleryError
     from spkrec.models.gallery import Gallery

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from spkrec.models.config import Config
 
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from importlib import resources
 

@@ -8,14 +8,14 @@ from spkrec.models.config import Config
 
 from .common import engine_for
 
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    from spkrec.daemon.commands import enroll
     from spkrec.models.audio import load_audio
     from spkrec.models.errors import AudioError, GalleryError
     from spkrec.models.gallery import Gallery
     from spkrec.models.scoring import mean_embedding
     from spkrec.models.thresholds import decision_point
-
-    from spkrec.daemon.commands import enroll
 
     engine = engine_for(cfg)
     if not cfg.gallery_path().is_file():

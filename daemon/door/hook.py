@@ -29,12 +29,11 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Callable
 
-from spkrec.models.config import DoorConfig
+from spkrec.daemon.door.config import DoorConfig
+from spkrec.daemon.pipeline.events import DoorEvent, Event, SilenceEvent, SpeakerEvent, StatusEvent
 from spkrec.models.errors import SpkrecError
 from spkrec.models.private import FILE_MODE, touch_private
 from spkrec.models.scoring import UNKNOWN
-
-from spkrec.daemon.pipeline.events import DoorEvent, Event, SilenceEvent, SpeakerEvent, StatusEvent
 
 QUEUE_SIZE = 32  # decisions waiting for the worker; beyond this they are refused, never waited for
 

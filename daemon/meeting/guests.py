@@ -13,7 +13,6 @@ from spkrec.models.errors import GalleryError
 from spkrec.models.private import write_private
 
 
-
 def save_guests(path: Path, fingerprint: str, guests: Sequence[tuple[str, np.ndarray, float]]) -> None:
     """(label, window embeddings, voiced seconds) per guest. Voiceprints of people who never
     agreed to enrol: written owner-only, atomically."""

@@ -27,17 +27,16 @@ from typing import Callable, Iterable, TextIO
 
 import numpy as np
 
+from spkrec.daemon.meeting.config import MeetingConfig
+from spkrec.daemon.meeting.guests import save_guests
+from spkrec.daemon.meeting.incremental import KEEP_WINDOWS, IncrementalClusterer
+from spkrec.daemon.pipeline.decisions import Decider, Roster
+from spkrec.daemon.pipeline.events import Event, RelabelEvent, SilenceEvent, SpeakerEvent, TurnEvent
+from spkrec.daemon.pipeline.windowing import Window
 from spkrec.models.clustering import SEGMENT_WINDOWS, Scales, by_first_appearance, centroids_of, cluster
-from spkrec.models.config import MeetingConfig
 from spkrec.models.private import open_private
 from spkrec.models.scoring import guest_label, is_guest, normalize
 from spkrec.models.segmentation import FRAME_S, Frame, Turn, TurnBuilder, WindowRecord, frames
-
-from spkrec.daemon.pipeline.decisions import Decider, Roster
-from spkrec.daemon.pipeline.events import Event, RelabelEvent, SilenceEvent, SpeakerEvent, TurnEvent
-from spkrec.daemon.meeting.guests import save_guests
-from spkrec.daemon.meeting.incremental import KEEP_WINDOWS, IncrementalClusterer
-from spkrec.daemon.pipeline.windowing import Window
 
 
 class Namer:

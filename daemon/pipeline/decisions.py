@@ -12,10 +12,9 @@ from typing import Callable
 
 import numpy as np
 
-from spkrec.models.scoring import Decision, cosine_scores, decide
-
 from spkrec.daemon.pipeline.events import SilenceEvent, SpeakerEvent
 from spkrec.daemon.pipeline.windowing import Window
+from spkrec.models.scoring import Decision, cosine_scores, decide
 
 # (labels, prototypes): who can be recognised right now. A callable, so that speakers
 # enrolled while the daemon runs are picked up without a restart.

@@ -14,12 +14,11 @@ from typing import Callable
 
 import numpy as np
 
+from spkrec.daemon.pipeline.events import StatusEvent
 from spkrec.models.artifact import ModelInfo
 from spkrec.models.config import Config
 from spkrec.models.errors import GalleryError
 from spkrec.models.gallery import Gallery
-
-from spkrec.daemon.pipeline.events import StatusEvent
 
 
 class Roster:

@@ -24,17 +24,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from spkrec.models.engine import Engine
-
 from spkrec.daemon.pipeline.decisions import Decider
 from spkrec.daemon.pipeline.events import Event, StatusEvent
-from spkrec.daemon.service.heap import HeapTrimmer
-from spkrec.daemon.service.notify import Supervisor
 from spkrec.daemon.pipeline.sinks import Sink
 from spkrec.daemon.pipeline.sources import Block, Source
 from spkrec.daemon.pipeline.state import LiveState
 from spkrec.daemon.pipeline.vad import Vad
 from spkrec.daemon.pipeline.windowing import Window, Windower
+from spkrec.daemon.service.heap import HeapTrimmer
+from spkrec.daemon.service.notify import Supervisor
+from spkrec.models.engine import Engine
 
 READERS_JOIN_S = 5.0  # how long shutdown waits for reader threads (each checks ``stop`` every 0.1-0.2 s)
 MAX_BATCH = 16  # windows per engine call when a fast (file) stream has queued many: a batch's

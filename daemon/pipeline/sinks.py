@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import Protocol, TextIO
 
+from spkrec.daemon.pipeline.events import (DoorEvent, Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent,
+                                           TurnEvent)
+from spkrec.daemon.service import logs
 from spkrec.models.errors import SpkrecError
 from spkrec.models.private import open_private
-
-from spkrec.daemon.service import logs
-from spkrec.daemon.pipeline.events import DoorEvent, Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
 
 
 class Sink(Protocol):

@@ -24,11 +24,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from spkrec.models.audio import load_audio, pcm16_to_float, to_mono
-from spkrec.models.errors import AudioError, DeviceError
-
 from spkrec.daemon.pipeline.devices import InputDevice, portaudio, resolve
 from spkrec.daemon.pipeline.events import StatusEvent
+from spkrec.models.audio import load_audio, pcm16_to_float, to_mono
+from spkrec.models.errors import AudioError, DeviceError
 
 POLL_S = 0.1  # how long a source waits for input before looking at ``stop`` again
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spkrec.daemon.pipeline.events import (DoorEvent, Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent,
+                                           TurnEvent)
 from spkrec.models.scoring import UNKNOWN
-
-from spkrec.daemon.pipeline.events import DoorEvent, Event, RelabelEvent, SilenceEvent, SpeakerEvent, StatusEvent, TurnEvent
 
 
 @dataclass

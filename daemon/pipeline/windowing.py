@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spkrec.models.windows import fit_length
-
 from spkrec.daemon.pipeline.vad import Frame
+from spkrec.models.windows import fit_length
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,11 @@ from typing import Iterator, Sequence
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from spkrec.models import __version__
-from spkrec.models.config import MetricsConfig, listen_address
-from spkrec.models.errors import SpkrecError
-
 from spkrec.daemon.pipeline.events import Event, SpeakerEvent
 from spkrec.daemon.pipeline.state import LiveState
+from spkrec.daemon.service.config import MetricsConfig, listen_address
+from spkrec.models import __version__
+from spkrec.models.errors import SpkrecError
 
 INFERENCE_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)

@@ -19,8 +19,8 @@ import threading
 import time
 from typing import Callable, Mapping, Sequence
 
-from spkrec.daemon.service.logs import LOGGER
 from spkrec.daemon.pipeline.sinks import Sink
+from spkrec.daemon.service.logs import LOGGER
 
 
 class SystemdNotifier:

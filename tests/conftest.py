@@ -31,7 +31,8 @@ CACHE_SEEDS = ("demo/fillets", "weights/resnet50-imagenet-keras.pt")
 
 
 def _isolate_user_folders() -> Path:
-    """Point XDG_CONFIG_HOME, XDG_DATA_HOME, XDG_CACHE_HOME and SPKREC_CONFIG at a session folder.
+    """Point XDG_CONFIG_HOME, XDG_DATA_HOME, XDG_CACHE_HOME, XDG_STATE_HOME (a door's default audit
+    log) and SPKREC_CONFIG at a session folder.
 
     Set in os.environ at import, before any test or fixture runs, so `Config()` here and every
     `spkrec` subprocess (which inherits the environment) find the gallery, config and cache there.
@@ -41,7 +42,7 @@ def _isolate_user_folders() -> Path:
     for name in [k for k in os.environ if k.startswith("SPKREC_") and k != "SPKREC_SHARED_DATA"]:
         del os.environ[name]
     os.environ.update(XDG_CONFIG_HOME=str(root / "config"), XDG_DATA_HOME=str(root / "data"),
-                      XDG_CACHE_HOME=str(root / "cache"))
+                      XDG_CACHE_HOME=str(root / "cache"), XDG_STATE_HOME=str(root / "state"))
     config = root / "config" / "spkrec" / "config.toml"  # the defaults; ~/.config/spkrec/config.toml is never read
     config.parent.mkdir(parents=True)
     config.write_text("# the test session's own config: the packaged defaults\n")

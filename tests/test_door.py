@@ -5,13 +5,20 @@ pipeline cuts them, so their voiced shares are those of real speech."""
 import hashlib
 import hmac
 import json
+import re
+import stat
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
-from conftest import Webhook
-from spkrec.daemon.door.hook import DoorSink
+from conftest import Webhook, spkrec
+from spkrec.daemon.door.hook import DoorSink, audit_path
 from spkrec.daemon.pipeline.events import DoorEvent, SilenceEvent, SpeakerEvent, StatusEvent
 from spkrec.daemon.door.config import DoorConfig
 
@@ -186,7 +193,8 @@ def test_webhook_is_signed_and_the_secret_never_leaks(tmp_path, monkeypatch):
     headers = webhook.headers[0]
     timestamp = headers["X-Spkrec-Timestamp"]
     assert abs(int(timestamp) - time.time()) < 30  # a receiver rejects old timestamps: no replays
-    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + headers["_body"], hashlib.sha256).hexdigest()
+    signed = f"{timestamp}.{headers['X-Spkrec-Id']}.".encode() + headers["_body"]
+    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     assert headers["X-Spkrec-Signature"] == f"sha256={expected}"
     assert headers["X-Spkrec-Id"] == emitted[0].id
     assert secret not in (tmp_path / "audit.jsonl").read_text()
@@ -203,7 +211,8 @@ def test_webhook_is_signed_and_the_secret_never_leaks(tmp_path, monkeypatch):
     assert "X-Spkrec-Signature" not in plain.headers[0]
     got = signed.headers[0]
     assert got["X-Spkrec-Signature"] == "sha256=" + hmac.new(
-        b"from-file", got["X-Spkrec-Timestamp"].encode() + b"." + got["_body"], hashlib.sha256).hexdigest()
+        b"from-file", f"{got['X-Spkrec-Timestamp']}.{got['X-Spkrec-Id']}.".encode() + got["_body"],
+        hashlib.sha256).hexdigest()
 
 
 def test_https_webhook_verifies_the_certificate(tmp_path):
@@ -247,3 +256,127 @@ def test_second_factor_must_approve_before_the_lock_moves(tmp_path):
     assert opened.read_text() == "x"  # only the approved grant opened
     assert _audit(tmp_path / "yes")[0]["action"]["second_factor"]["command"]["ok"] is True
     assert _audit(tmp_path / "url")[0]["action"]["second_factor"]["url"] == {"status": 403, "ok": False, "error": "HTTP 403"}
+
+
+class _Server:
+    """A local HTTP server that records every request, whatever its method, and answers with
+    ``reply(handler, body)`` -> (status, headers)."""
+
+    def __init__(self, reply) -> None:
+        seen = self.seen = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                seen.append((self.command, dict(self.headers), body))
+                status, headers = reply(self, body)
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = do_HEAD = _any
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/door"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_redirect_is_a_failed_action_and_never_followed(tmp_path, monkeypatch):
+    """urllib would turn the 302'd POST into a GET, signature headers and all, to the other
+    host; a 2xx there must not count as the door opening."""
+    monkeypatch.setenv("SPKREC_DOOR_SECRET", "s3cret")
+    elsewhere = _Server(lambda handler, body: (200, {}))
+    redirecting = _Server(lambda handler, body: (302, {"Location": elsewhere.url}))
+    try:
+        door, emitted = _door(tmp_path, url=redirecting.url)
+        _visit(door, "alice")
+        door.close()
+    finally:
+        redirecting.close()
+        elsewhere.close()
+    assert [method for method, _, _ in redirecting.seen] == ["POST"]
+    assert elsewhere.seen == []  # never contacted
+    outcome = _audit(tmp_path)[0]["action"]
+    assert outcome["ok"] is False and outcome["url"]["status"] == 302 and "not followed" in outcome["url"]["error"]
+    assert any(isinstance(e, StatusEvent) and e.state == "door-action" for e in emitted)
+
+
+def _readme_receiver():
+    """The receiver example in README.md ("Webhook signatures"), run as it is printed."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"\*\*Webhook signatures\.\*\*.*?```python\n(.*?)```", readme, re.S).group(1)
+    scope: dict = {}
+    exec(block, scope)
+    return scope["authentic"]
+
+
+def test_a_receiver_checks_the_signed_id(tmp_path, monkeypatch):
+    """The README's receiver accepts the daemon's request and refuses it with the id changed
+    (the id is signed) or replayed."""
+    secret = "s3cret-for-the-lock"
+    monkeypatch.setenv("SPKREC_DOOR_SECRET", secret)
+    authentic, seen = _readme_receiver(), set()
+    receiver = _Server(lambda handler, body: (204 if authentic(handler.headers, body, secret.encode(), seen) else 401, {}))
+    try:
+        door, emitted = _door(tmp_path, url=receiver.url)
+        _visit(door, "alice")
+        door.close()
+        _, headers, body = receiver.seen[0]
+        assert _audit(tmp_path)[0]["action"]["url"] == {"status": 204, "ok": True}
+        assert headers["X-Spkrec-Signature"] == "sha256=" + hmac.new(
+            secret.encode(), f"{headers['X-Spkrec-Timestamp']}.{emitted[0].id}.".encode() + body, hashlib.sha256).hexdigest()
+
+        def send(**changed) -> int:
+            sent = {k: v for k, v in headers.items() if k.startswith("X-Spkrec-") or k == "Content-Type"}
+            request = urllib.request.Request(receiver.url, data=body, headers={**sent, **changed}, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return response.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert send(**{"X-Spkrec-Id": "0123456789abcdef"}) == 401  # a new id on an old request: refused
+        assert send() == 401  # the same request again: a replay
+    finally:
+        receiver.close()
+
+
+def _door_config(tmp_path: Path, **keys) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text("[door]\nauthorized = [\"alice\"]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()))
+    return config
+
+
+def test_an_unusable_ca_file_is_one_line_naming_the_key(tmp_path):
+    (tmp_path / "not-a-cert.pem").write_text("hello\n")
+    for ca_file in (tmp_path / "missing.pem", tmp_path / "not-a-cert.pem"):
+        config = _door_config(tmp_path, url="https://127.0.0.1:9/door", ca_file=str(ca_file))
+        done = spkrec("door", "test", "alice", "--config", str(config))
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "door.ca_file" in lines[0] and str(ca_file) in lines[0], lines
+
+
+def test_a_door_that_acts_keeps_a_default_audit_log(tmp_path):
+    """No audit_log, but a command: the decision and its outcome are still on record, in
+    $XDG_STATE_HOME/spkrec/door-audit.jsonl, owner-only."""
+    opened = tmp_path / "opened"
+    config = _door_config(tmp_path, command=_hook(f"open({str(opened)!r}, 'w')"))
+    state = tmp_path / "state"
+    done = spkrec("door", "test", "alice", "--config", str(config), env={"XDG_STATE_HOME": str(state)})
+    assert done.returncode == 0 and opened.exists(), done.stderr
+    audit = state / "spkrec" / "door-audit.jsonl"
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["phase"], r["label"], r["reason"]) for r in records] == [("decided", "alice", "test"), ("done", "alice", "test")]
+    assert records[1]["action"]["actuated"] is True and f"audit log {audit}" in done.stdout
+    assert stat.S_IMODE(audit.stat().st_mode) == 0o600 and stat.S_IMODE(audit.parent.stat().st_mode) == 0o700
+    assert audit_path(DoorConfig(authorized=["alice"])) is None  # a door that only decides acts on nothing

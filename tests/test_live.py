@@ -249,6 +249,30 @@ def test_door_opens_for_the_authorised_voice_only(live_setup, tmp_path):
         assert events.index(door) > cause
 
 
+def test_door_reports_made_at_shutdown_reach_the_event_log(live_setup, tmp_path):
+    """A lock that hangs: the file ends while grants still wait for the door's worker. Closing,
+    the worker kills the hook and records the rest as not actuated; each failure's door-action
+    status event (posted from the worker while the pipeline shuts down) is in the events file,
+    before "stopped"."""
+    config = tmp_path / "config.toml"
+    config.write_text(TEST_CONFIG + "[door]\nauthorized = [\"1688\", \"1998\", \"2033\"]\n"
+                      f"command = [{json.dumps(sys.executable)}, \"-c\", \"import time; time.sleep(120)\"]\n"
+                      f"audit_log = \"{tmp_path / 'audit.jsonl'}\"\ncooldown_s = 0.0\ntimeout_s = 8.0\n"
+                      "max_delay_s = 600.0\n")
+    events_file = tmp_path / "events.jsonl"
+    spkrec("live", "--model", live_setup["model"], "--config", str(config), "--input", str(live_setup["wav"]),
+           "--fast", "--no-ui", "--events", str(events_file), check=True)
+    events = conversation.read_events(events_file)
+    granted = [e["id"] for e in events if e["event"] == "door" and e["granted"]]
+    reports = [e for e in events if e["event"] == "status" and e["state"] == "door-action"]
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert len(granted) >= 2, events
+    assert all(not a["action"]["ok"] for a in audit if a["phase"] == "done" and a["granted"])
+    assert sorted(r["id"] for r in reports) == sorted(granted), (granted, reports)  # every failure, once
+    assert any("shutting down: not actuated" in r["message"] for r in reports), reports  # queued at shutdown
+    assert events[-1]["event"] == "status" and events[-1]["state"] == "stopped"
+
+
 def test_cuda_asked_for_by_name_never_quietly_runs_on_the_cpu(monkeypatch, tmp_path):
     from spkrec.daemon import default_model
     from spkrec.models.config import Config

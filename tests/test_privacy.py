@@ -171,8 +171,12 @@ def test_identify_skips_voices_of_another_model_and_says_so(enrolled, tmp_path):
 
 def test_tests_use_their_own_config_data_and_cache_folders():
     """A user's gallery (say, enrolled with another model) or config must never change a test."""
+    from spkrec.daemon.door.config import DoorConfig
+    from spkrec.daemon.door.hook import audit_path
+
     cfg = Config()
-    for path in (cfg.gallery_path(), cfg.cache_dir(), find_config()):
+    door_audit = audit_path(DoorConfig(authorized=["alice"], command=["true"]))  # a door's default audit log
+    for path in (cfg.gallery_path(), cfg.cache_dir(), find_config(), door_audit):
         assert path.is_relative_to(USER_FOLDERS), path
     assert not str(USER_FOLDERS).startswith(str(Path.home() / ".local"))
     listing = spkrec("speakers", check=True, cwd=USER_FOLDERS)  # no --config: the lookup a user's shell would do

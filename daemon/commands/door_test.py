@@ -10,7 +10,7 @@ from spkrec.models.errors import SpkrecError
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from spkrec.daemon.door.hook import fire_test
+    from spkrec.daemon.door.hook import audit_path, fire_test
 
     if args.stream and args.stream not in cfg.inputs:
         raise SpkrecError(f"no input named '{args.stream}' in the config ([inputs.{args.stream}])")
@@ -23,7 +23,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             detail = f"exit {outcome['exit']}" if "exit" in outcome else \
                 f"HTTP {outcome['status']}" if "status" in outcome else outcome.get("error", "")
             steps.append(f"{key.replace('_', ' ')} {'ok' if outcome['ok'] else 'FAILED'} ({detail})")
-    audit = f"; audit log {door.audit_log}" if door.audit_log else ""
+    where = audit_path(door)
+    audit = f"; audit log {where}" if where is not None else ""
     verdict = "lock actuated" if result.get("ok") else f"FAILED: {result.get('error', 'failed')}"
     print(f"door test for {args.name}: {verdict}; {', '.join(steps) or 'no step ran'} (decision {decision.id}{audit})")
     return 0 if result.get("ok") else 1

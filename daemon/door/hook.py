@@ -6,8 +6,12 @@ The policy (door/policy.py) decides; what a grant sets off runs in a worker thre
    leaves it on record; if it cannot be written, nothing is actuated (fail closed);
 2. a grant that waited too long in the queue is dropped (the visitor has gone);
 3. the optional second factor (badge, PIN, challenge) must approve;
-4. the lock's command and webhook run, each with a timeout; the webhook request is signed;
+4. the lock's command and webhook run, each with a timeout; the webhook request is signed
+   (timestamp, decision id and body) and never follows a redirect;
 5. the outcome is written to the audit log next to its decision.
+
+A door that actuates something always keeps an audit log: ``audit_log``, else a default one
+(``audit_path``).
 """
 
 from __future__ import annotations
@@ -29,10 +33,57 @@ from typing import Callable
 from spkrec.daemon.door.config import DoorConfig
 from spkrec.daemon.door.policy import DoorPolicy
 from spkrec.daemon.pipeline.events import DoorEvent, Event, StatusEvent
-from spkrec.models.errors import SpkrecError
+from spkrec.models.errors import ConfigError, SpkrecError
 from spkrec.models.private import FILE_MODE, touch_private
 
 QUEUE_SIZE = 32  # decisions waiting for the worker; beyond this they are refused, never waited for
+DEFAULT_AUDIT = Path("spkrec") / "door-audit.jsonl"  # under $XDG_STATE_HOME
+
+
+def state_home() -> Path:
+    """``$XDG_STATE_HOME``, XDG's default being ``~/.local/state`` (a relative value is ignored, as
+    the XDG spec says)."""
+    value = os.environ.get("XDG_STATE_HOME", "")
+    return Path(value) if os.path.isabs(value) else Path.home() / ".local" / "state"
+
+
+def audit_path(cfg: DoorConfig) -> Path | None:
+    """Where this door's decisions are recorded: ``audit_log``; else, for a door that actuates
+    something (a ``command`` or ``url``), ``$XDG_STATE_HOME/spkrec/door-audit.jsonl``, because a
+    lock that moves with no record cannot be audited afterwards. None for a door that only
+    decides (its decisions are on the event stream)."""
+    if cfg.audit_log:
+        return Path(cfg.audit_log).expanduser()
+    if cfg.command or cfg.url:
+        return state_home() / DEFAULT_AUDIT
+    return None
+
+
+def open_audit(cfg: DoorConfig) -> AuditLog | None:
+    """The door's audit log, created owner-only now (a folder that cannot be made is one error at start)."""
+    path = audit_path(cfg)
+    return AuditLog(str(path)) if path is not None else None
+
+
+def tls_context(cfg: DoorConfig) -> ssl.SSLContext:
+    """Certificates and host names are always checked, against ``ca_file`` when one is set. A
+    missing or unusable CA file is a config error, said once at start, not a traceback."""
+    cafile = str(Path(cfg.ca_file).expanduser()) if cfg.ca_file else None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except ssl.SSLError as exc:  # a file that holds no PEM certificate
+        raise ConfigError(f"config key 'door.ca_file': {cfg.ca_file} holds no usable CA certificate "
+                          f"({exc.reason or exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"config key 'door.ca_file': cannot read {cfg.ca_file}: {exc.strerror or exc}") from None
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 30x reply is a failed action, never followed: urllib would re-send the POST as a GET,
+    signature headers included, to wherever it points, and a 2xx there would count as actuated."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError(code): the caller's failure path
 
 
 def read_secret(cfg: DoorConfig) -> bytes | None:
@@ -49,9 +100,12 @@ def read_secret(cfg: DoorConfig) -> bytes | None:
     return value.encode() if value else None
 
 
-def signature(secret: bytes, timestamp: str, body: bytes) -> str:
-    """What a receiver recomputes: HMAC-SHA256 over "<timestamp>.<body>", hex, prefixed "sha256="."""
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+def signature(secret: bytes, timestamp: str, decision_id: str, body: bytes) -> str:
+    """What a receiver recomputes: HMAC-SHA256 over "<timestamp>.<id>.<body>", hex, prefixed
+    "sha256=". The id is signed because receivers refuse ids they have seen (replays): an
+    unsigned id could be changed to slip a replayed request past them."""
+    signed = f"{timestamp}.{decision_id}.".encode() + body
+    return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
 
 
 class AuditLog:
@@ -83,7 +137,8 @@ class DoorActions:
     def __init__(self, cfg: DoorConfig, audit: AuditLog | None, report: Callable[[Event], None]) -> None:
         self.cfg, self.audit, self.report = cfg, audit, report
         self.secret = read_secret(cfg)
-        self.tls = ssl.create_default_context(cafile=cfg.ca_file or None)  # certificates and host names checked
+        self.opener = urllib.request.build_opener(_RefuseRedirects,
+                                                  urllib.request.HTTPSHandler(context=tls_context(cfg)))
         self.queue: queue.Queue[DoorEvent] = queue.Queue(maxsize=QUEUE_SIZE)
         self.closing = threading.Event()  # no more decisions: finish the queue, within the hook timeout
         self.abandon = threading.Event()  # that time is up: what is left is recorded, not actuated
@@ -100,7 +155,8 @@ class DoorActions:
 
     def close(self) -> None:
         """Stop within the hook timeout: the queue is worked off until then; after it, a hanging
-        program is killed and grants still queued are recorded as not actuated."""
+        program is killed and grants still queued are recorded as not actuated. A second call
+        returns at once."""
         self.closing.set()
         self.thread.join(self.cfg.timeout_s + 1.0)
         self.abandon.set()
@@ -203,14 +259,15 @@ class DoorActions:
         headers = {"Content-Type": "application/json", "X-Spkrec-Id": decision.id}
         if self.secret is not None:
             timestamp = str(int(time.time()))
-            headers |= {"X-Spkrec-Timestamp": timestamp, "X-Spkrec-Signature": signature(self.secret, timestamp, body)}
+            headers |= {"X-Spkrec-Timestamp": timestamp,
+                        "X-Spkrec-Signature": signature(self.secret, timestamp, decision.id, body)}
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=timeout,
-                                        context=self.tls if url.startswith("https:") else None) as response:
+            with self.opener.open(request, timeout=timeout) as response:
                 return {"status": response.status, "ok": 200 <= response.status < 300}
         except urllib.error.HTTPError as exc:
-            return {"status": exc.code, "ok": False, "error": f"HTTP {exc.code}"}
+            moved = " (redirects are not followed)" if 300 <= exc.code < 400 else ""
+            return {"status": exc.code, "ok": False, "error": f"HTTP {exc.code}{moved}"}
         except Exception as exc:  # network and TLS errors come in many types; all are a failed action
             reason = getattr(exc, "reason", exc)
             return {"ok": False, "error": str(reason)[:200]}
@@ -227,7 +284,7 @@ def fire_test(cfg: DoorConfig, name: str, stream: str = "") -> tuple[DoorEvent, 
         raise SpkrecError(f"'{name}' is not in door.authorized ({listed}): the door would never open for them")
     now = time.time()
     decision = DoorEvent(name, True, 1.0, "test", 0.0, 0.0, (), wall_time=now, stream=stream)
-    actions = DoorActions(cfg, AuditLog(cfg.audit_log) if cfg.audit_log else None, lambda event: None)
+    actions = DoorActions(cfg, open_audit(cfg), lambda event: None)
     try:
         return decision, actions.carry_out(decision)
     finally:
@@ -243,7 +300,7 @@ class DoorSink:
         events from other threads to the pipeline thread)."""
         self.policy = DoorPolicy(cfg)
         self.emit = emit
-        self.actions = DoorActions(cfg, AuditLog(cfg.audit_log) if cfg.audit_log else None, emit)
+        self.actions = DoorActions(cfg, open_audit(cfg), emit)
 
     def handle(self, event: Event) -> None:
         decision = self.policy.observe(event)
@@ -251,6 +308,11 @@ class DoorSink:
             return
         self.emit(decision)
         self.actions.submit(decision)
+
+    def finish(self) -> None:
+        """The stream is ending: the worker works off its queue (bounded by the hook timeout)
+        now, so what it reports (failed or abandoned grants) goes out before "stopped"."""
+        self.actions.close()
 
     def close(self) -> None:
         self.actions.close()

@@ -8,8 +8,12 @@ their stream's name. One stream is the same code with a batch of one.
 
 Only the pipeline thread writes to sinks: what a reader thread has to say (a lost device, a gap
 in the audio) travels through the same queue as its windows, so it is delivered in order, and
-no sink is ever entered by two threads. Shutdown is ordered: readers end first (bounded), then
-each stream says "stopped" and closes its own sinks, then the shared sinks close.
+no sink is ever entered by two threads. Shutdown is ordered: readers end first (bounded); then
+each stream's sinks finish (a door's worker works off its queue), what other threads posted
+meanwhile is delivered, the stream says "stopped" and closes its own sinks; what was posted
+while they closed still reaches the shared sinks, which close last. Events posted from other
+threads never wait for room in the queue (``Inbox.post``), so no worker blocks on a pipeline
+that has stopped reading.
 """
 
 from __future__ import annotations
@@ -40,6 +44,20 @@ MAX_BATCH = 16  # windows per engine call when a fast (file) stream has queued m
 # activations are held while it runs (16 int8 windows peak near 370 MB RSS, 64 fp32 ones ~800 MB)
 
 
+class Inbox(queue.Queue):
+    """The pipeline thread's queue. A reader's windows are bounded (``put`` waits: back-pressure
+    on a reader that is ahead); events other threads post (a door worker's report, a device
+    status) are never refused nor waited on (``post``): they are few, and a thread blocked on a
+    queue that the pipeline has stopped reading (at shutdown, while it waits for that thread)
+    would never return."""
+
+    def post(self, item: tuple) -> None:
+        with self.not_full:  # the queue's own lock, as ``put`` takes it, without the wait for room
+            self._put(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+
 @dataclass(eq=False)  # identity, not field equality: streams are kept in sets
 class Stream:
     """One input and everything that is per input. ``sinks`` are this stream's own (door,
@@ -60,6 +78,7 @@ class Stream:
     _delivering: bool = field(default=False, init=False, repr=False)
     _owner: int | None = field(default=None, init=False, repr=False)  # the thread that may write the sinks
     _post: Callable[[Event], None] | None = field(default=None, init=False, repr=False)
+    _closed: bool = field(default=False, init=False, repr=False)  # own sinks closed: only the shared ones hear more
 
     def attach(self, post: Callable[[Event], None]) -> None:
         """From now on only the calling thread delivers events; others hand theirs to ``post``."""
@@ -93,7 +112,7 @@ class Stream:
 
     def _deliver(self, event: Event) -> None:
         self.state.handle(event)
-        for sink in (*self.sinks, *self.shared):
+        for sink in (*(() if self._closed else self.sinks), *self.shared):
             sink.handle(event)
 
     def read(self, stop: threading.Event, out: queue.Queue) -> None:
@@ -141,21 +160,25 @@ class Stream:
         for notice in self.notices:
             self.emit(notice)
 
-    def stopped(self, by_signal: bool) -> None:
-        """The stream's last words: its own sinks finish what is open (a meeting's last turn)
-        before "stopped" goes out, so "stopped" is the stream's last event; then they close."""
+    def stopped(self, by_signal: bool, settle: Callable[[], None] = lambda: None) -> None:
+        """The stream's last words: its own sinks finish what is open (a meeting's last turn, a
+        door's queued actions) and ``settle`` delivers what other threads posted meanwhile (the
+        door worker's reports) before "stopped" goes out; then the sinks close. Anything said
+        after that goes to the shared sinks only."""
         self.source.close()
         self.counters()
         for sink in self.sinks:
             finish = getattr(sink, "finish", None)
             if finish is not None:
                 finish()
+        settle()
         self.emit(StatusEvent("stopped", "stopped by signal" if by_signal else "stream ended",
                               {"stream_s": round(self.windower.filled / self.windower.rate, 3),
                                "dropped_blocks": self.state.dropped, "overflows": self.state.overflows,
                                "lost_s": round(self.state.lost_s, 3)}))
         for sink in self.sinks:
             sink.close()
+        self._closed = True
 
 
 @dataclass
@@ -175,9 +198,9 @@ class Pipeline:
     def run(self, stop: threading.Event) -> None:
         """Process audio until every source ends or ``stop`` is set, then close every sink.
         A source that failed is re-raised here once all streams have stopped."""
-        due: queue.Queue = queue.Queue(maxsize=MAX_BATCH * len(self.streams))
+        due = Inbox(maxsize=MAX_BATCH * len(self.streams))
         for stream in self.streams:
-            stream.attach(lambda event, s=stream: due.put((s, event)))
+            stream.attach(lambda event, s=stream: due.post((s, event)))
             stream.started(self.engine)
         readers = [threading.Thread(target=s.read, args=(stop, due), name=f"read-{s.name}", daemon=True)
                    for s in self.streams]
@@ -200,7 +223,8 @@ class Pipeline:
             stop.set()  # the other readers end too when one stage failed
             self._join(readers, due, live, failures)
             for stream in self.streams:
-                stream.stopped(by_signal=signalled)
+                stream.stopped(signalled, settle=lambda: self._drain(due, live, failures))
+            self._drain(due, live, failures)  # said while the streams' sinks closed: before the shared sinks close
             for sink in self.sinks:
                 sink.close()
             for stream in self.streams:

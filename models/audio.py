@@ -7,6 +7,7 @@ samples a model was trained on and the samples it serves are made the same way.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,44 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 # Peak below which a whole recording counts as silent (about -60 dBFS): digital silence and
 # hiss-only files carry no voice to learn from or to score.
 SILENCE_PEAK = 1e-3
+FULL_SCALE = 0.999  # a sample this loud or louder is clipped
+
+
+def dbfs(mean_square: float) -> float:
+    """An RMS level in dB relative to full scale (floored at -120 dBFS)."""
+    return 20 * float(np.log10(max(float(np.sqrt(mean_square)), 1e-6)))
+
+
+@dataclass(frozen=True)
+class AudioTally:
+    """What enrollment's quality checks (clipping, level) need of a voice's audio, summed window
+    by window: a meeting's guests file keeps embeddings, not audio, yet a guest enrolled from it
+    must pass the same checks as a recording. Overlapping windows count a sample several times;
+    the clipped share and the level are ratios, unchanged by that."""
+
+    samples: int = 0  # every sample of the windows
+    clipped: int = 0  # at full scale
+    voiced: int = 0  # voiced samples
+    energy: float = 0.0  # the sum of the voiced samples' squares
+
+    @classmethod
+    def of(cls, samples: np.ndarray, voiced_mask: np.ndarray) -> AudioTally:
+        voiced = samples[voiced_mask].astype(np.float64)
+        return cls(int(samples.size), int(np.sum(np.abs(samples) >= FULL_SCALE)), int(voiced.size),
+                   float(voiced @ voiced))
+
+    def __add__(self, other: AudioTally) -> AudioTally:
+        return AudioTally(self.samples + other.samples, self.clipped + other.clipped, self.voiced + other.voiced,
+                          self.energy + other.energy)
+
+    @property
+    def clipped_share(self) -> float:
+        return self.clipped / max(self.samples, 1)
+
+    @property
+    def level_db(self) -> float | None:
+        """The voiced audio's RMS level (dBFS); None when nothing was voiced."""
+        return dbfs(self.energy / self.voiced) if self.voiced else None
 
 
 def audio_files(paths: list[Path]) -> list[Path]:

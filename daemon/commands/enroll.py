@@ -16,6 +16,7 @@ from rich.console import Console
 from spkrec.daemon.commands.common import engine_for
 from spkrec.daemon.pipeline.vad import Vad
 from spkrec.models.config import Config, EnrollConfig, VadConfig
+from spkrec.models.audio import FULL_SCALE, dbfs
 from spkrec.models.engine import Engine
 from spkrec.models.errors import AudioError
 from spkrec.models.scoring import mean_embedding
@@ -37,9 +38,20 @@ class Sample:
         return self.voiced.size / self.rate
 
     @property
-    def level_db(self) -> float:
-        rms = float(np.sqrt(np.mean(self.voiced * self.voiced))) if self.voiced.size else 0.0
-        return 20 * np.log10(max(rms, 1e-6))
+    def level_db(self) -> float | None:
+        """The voiced audio's RMS level (dBFS); None when nothing was voiced."""
+        return dbfs(float(np.mean(self.voiced * self.voiced))) if self.voiced.size else None
+
+
+@dataclass(frozen=True)
+class GuestSample:
+    """A meeting guest's speech as its guests file describes it: no audio, but its voiced seconds
+    and its clipped share and level summed over its windows (None in files written before they
+    were recorded: those two checks cannot run)."""
+
+    voiced_s: float
+    clipped: float | None
+    level_db: float | None
 
 
 def gather(recordings: list[np.ndarray], rate: int, vad: VadConfig) -> Sample:
@@ -49,7 +61,7 @@ def gather(recordings: list[np.ndarray], rate: int, vad: VadConfig) -> Sample:
         detector = Vad(rate, vad.frame_ms, vad.aggressiveness)
         voiced += [f.samples for f in detector.frames(samples) if f.voiced]
         total += samples.size
-        clipped += int(np.sum(np.abs(samples) >= 0.999))
+        clipped += int(np.sum(np.abs(samples) >= FULL_SCALE))
     audio = np.concatenate(voiced) if voiced else np.zeros(0, np.float32)
     return Sample(audio, clipped / max(total, 1), rate)
 
@@ -68,16 +80,16 @@ def min_consistency(checks: EnrollConfig, thresholds: Mapping[str, float]) -> fl
     return float(thresholds.get("consistency", FALLBACK_CONSISTENCY))
 
 
-def problems(sample: Sample, embeddings: np.ndarray | None, checks: EnrollConfig,
+def problems(sample: Sample | GuestSample, embeddings: np.ndarray | None, checks: EnrollConfig,
              thresholds: Mapping[str, float] | None = None) -> list[str]:
     """Everything wrong with an enrollment, each with its fix; empty when it may be saved."""
     found = []
     if sample.voiced_s < checks.min_voiced_s:
         found.append(f"only {sample.voiced_s:.1f} s of voiced speech, {checks.min_voiced_s:.0f} s needed: "
                      "add recordings or speak longer")
-    if sample.clipped > checks.max_clipped:
+    if sample.clipped is not None and sample.clipped > checks.max_clipped:
         found.append(f"{sample.clipped:.1%} of samples are clipped: lower the input gain")
-    if sample.voiced.size and sample.level_db < checks.min_level_db:
+    if sample.level_db is not None and sample.level_db < checks.min_level_db:
         found.append(f"the voice is too quiet ({sample.level_db:.0f} dBFS): move closer or raise the gain")
     if embeddings is not None and len(embeddings) > 1:
         # The 5th percentile, not the minimum: one cough or door slam should not void a session.
@@ -89,7 +101,7 @@ def problems(sample: Sample, embeddings: np.ndarray | None, checks: EnrollConfig
     return found
 
 
-def check(sample: Sample, embeddings: np.ndarray | None, checks: EnrollConfig,
+def check(sample: Sample | GuestSample, embeddings: np.ndarray | None, checks: EnrollConfig,
           thresholds: Mapping[str, float] | None = None) -> None:
     found = problems(sample, embeddings, checks, thresholds)
     if found:
@@ -149,17 +161,26 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _enroll_guest(args: argparse.Namespace, cfg: Config, engine) -> int:
-    """A guest of a labelled meeting saved under a real name: no recording needed."""
+    """A guest of a labelled meeting saved under a real name: no recording needed, but the same
+    checks as one (voiced seconds, clipping, level, one voice), on what the guests file holds
+    of the guest's speech: a guest cluster can be a few seconds, or two people."""
+    import sys
+
     from spkrec.daemon.meeting.guests import load_guest
     from spkrec.models.errors import GalleryError
     from spkrec.models.gallery import Gallery
 
     if args.guests is None:
         raise GalleryError("--from-guest needs --guests FILE (written next to the meeting's RTTM)")
-    fingerprint, windows, voiced_s = load_guest(args.guests, args.from_guest)
+    fingerprint, windows, voiced_s, audio = load_guest(args.guests, args.from_guest)
     if fingerprint != engine.info.fingerprint:
         raise GalleryError(f"{args.guests} was made with another model ({fingerprint}): label the meeting again "
                            "with this model, or enroll with that one")
+    if audio is None:
+        print(f"spkrec: {args.guests} predates audio levels in guests files: clipping and level not checked",
+              file=sys.stderr)
+    sample = GuestSample(voiced_s, audio.clipped_share if audio else None, audio.level_db if audio else None)
+    check(sample, windows, cfg.enroll, engine.info.thresholds)
     speaker = Gallery(cfg.gallery_path()).add(args.name, fingerprint, windows, voiced_s)
     print(f"enrolled {speaker.name} from {args.from_guest}: {speaker.voiced_s:.1f} s voiced in total, "
           f"{speaker.windows} windows, quality {speaker.quality:.2f} ({cfg.gallery_path()})")

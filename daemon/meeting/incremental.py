@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from spkrec.models.audio import AudioTally
 from spkrec.models.clustering import Scales, agglomerate, fold_small
 from spkrec.models.scoring import normalize
 
@@ -37,6 +38,7 @@ class Speaker:
     size: int = 0  # windows in ``total``
     seconds: float = 0.0
     kept: deque = field(default_factory=lambda: deque(maxlen=KEEP_WINDOWS))
+    audio: AudioTally = AudioTally()  # of every settled window (enrollment's checks for a guest)
 
 
 class IncrementalClusterer:
@@ -47,17 +49,19 @@ class IncrementalClusterer:
         self.scales, self.min_speaker_s, self.max_speakers = scales, min_speaker_s, max_speakers
         self.apart = apart
         self.context: deque[tuple[np.ndarray, float, int]] = deque()  # (unit embedding, seconds, speaker number)
+        self.audio: deque[AudioTally] = deque()  # each context window's audio tally, in step with ``context``
         self.size = context
         self.speakers: dict[int, Speaker] = {}
         self.merged: list[tuple[int, int]] = []  # (gone, into) speaker numbers, for the caller to relabel
         self.counter = 0
 
-    def add(self, embedding: np.ndarray, seconds: float) -> int:
-        """The speaker number of a new window."""
+    def add(self, embedding: np.ndarray, seconds: float, audio: AudioTally = AudioTally()) -> int:
+        """The speaker number of a new window (``audio``: its levels, summed per speaker)."""
         x = normalize(embedding).astype(np.float64)
         self.context.append((x, seconds, -1))
+        self.audio.append(audio)
         while len(self.context) > self.size:
-            self._settle(*self.context.popleft())
+            self._settle(*self.context.popleft(), self.audio.popleft())
         numbers = [n for n, s in self.speakers.items() if s.size]  # speakers with settled windows
         rows = np.stack([self.speakers[n].total for n in numbers] + [e for e, _, _ in self.context])
         sizes = np.array([self.speakers[n].size for n in numbers] + [1] * len(self.context))
@@ -88,6 +92,11 @@ class IncrementalClusterer:
         recent = [(e, s) for e, s, n in self.context if n == number]
         windows = list(speaker.kept) + [e.astype(np.float32) for e, _ in recent]
         return np.stack(windows[-KEEP_WINDOWS:]), speaker.seconds + sum(s for _, s in recent)
+
+    def audio_of(self, number: int) -> AudioTally:
+        """A speaker's audio tally: its settled windows and those in the context now."""
+        recent = (a for (_, _, n), a in zip(self.context, self.audio) if n == number)
+        return sum(recent, self.speakers[number].audio)
 
     def _no_chaining(self, rows: np.ndarray, sizes: np.ndarray, labels: np.ndarray, numbers: list[int]) -> np.ndarray:
         """Two speakers end up in one cluster only when their own centroids clear the threshold
@@ -150,9 +159,10 @@ class IncrementalClusterer:
         a, b = self.speakers.pop(gone), self.speakers[into]
         b.total, b.size, b.seconds = b.total + a.total, b.size + a.size, b.seconds + a.seconds
         b.kept.extend(a.kept)
+        b.audio = b.audio + a.audio
         self.merged.append((gone, into))
 
-    def _settle(self, x: np.ndarray, seconds: float, number: int) -> None:
+    def _settle(self, x: np.ndarray, seconds: float, number: int, audio: AudioTally = AudioTally()) -> None:
         while number not in self.speakers:  # merged away since: its windows live on in the survivor
             number = dict(self.merged)[number]
         speaker = self.speakers[number]
@@ -160,3 +170,4 @@ class IncrementalClusterer:
         speaker.size += 1
         speaker.seconds += seconds
         speaker.kept.append(x.astype(np.float32))
+        speaker.audio = speaker.audio + audio

@@ -28,11 +28,12 @@ from typing import Callable, Iterable, TextIO
 import numpy as np
 
 from spkrec.daemon.meeting.config import MeetingConfig
-from spkrec.daemon.meeting.guests import save_guests
+from spkrec.daemon.meeting.guests import Guest, save_guests
 from spkrec.daemon.meeting.incremental import KEEP_WINDOWS, IncrementalClusterer
 from spkrec.daemon.pipeline.decisions import Decider, Roster
 from spkrec.daemon.pipeline.events import Event, RelabelEvent, SilenceEvent, SpeakerEvent, TurnEvent
 from spkrec.daemon.pipeline.windowing import Window
+from spkrec.models.audio import AudioTally
 from spkrec.models.clustering import SEGMENT_WINDOWS, Scales, by_first_appearance, centroids_of, cluster
 from spkrec.models.private import open_private
 from spkrec.models.scoring import guest_label, is_guest, normalize
@@ -92,7 +93,8 @@ class MeetingDecider:
     def decide(self, window: Window, embedding: np.ndarray, inference_ms: float, latency_ms: float) -> SpeakerEvent:
         event = self.decider.decide(window, embedding, inference_ms, latency_ms)
         record = WindowRecord(window.start, window.end, window.voiced_spans(), normalize(embedding))
-        found = self.meeting.window(record, window.voiced_ratio * self.meeting.hop_s)
+        found = self.meeting.window(record, window.voiced_ratio * self.meeting.hop_s,
+                                    AudioTally.of(window.samples, window.voiced_mask))
         self.meeting.advance(window.end)
         if found is None:
             return event
@@ -203,8 +205,9 @@ class Meeting:
             sinks.append(RttmSink(self.rttm, self.file_id, self.current))
         return sinks
 
-    def window(self, record: WindowRecord, seconds: float) -> tuple[str, float] | None:
-        """Take one voiced window; live, return its (label, cosine to its speaker) now."""
+    def window(self, record: WindowRecord, seconds: float, audio: AudioTally = AudioTally()) -> tuple[str, float] | None:
+        """Take one voiced window (``audio``: its levels, for enrolling a guest later); live,
+        return its (label, cosine to its speaker) now."""
         raise NotImplementedError
 
     def advance(self, now: float) -> None:
@@ -214,7 +217,7 @@ class Meeting:
     def finish(self) -> None:
         raise NotImplementedError
 
-    def guests(self) -> list[tuple[str, np.ndarray, float]]:
+    def guests(self) -> list[Guest]:
         raise NotImplementedError
 
     def _label(self, key: int, windows: np.ndarray | None) -> str:
@@ -262,11 +265,13 @@ class OfflineMeeting(Meeting):
         super().__init__(*args, **kwargs)
         self.records: list[WindowRecord] = []
         self.seconds: list[float] = []
+        self.audio: list[AudioTally] = []
         self.clusters: tuple[np.ndarray, np.ndarray] | None = None  # (labels, embeddings) once clustered
 
-    def window(self, record: WindowRecord, seconds: float) -> None:
+    def window(self, record: WindowRecord, seconds: float, audio: AudioTally = AudioTally()) -> None:
         self.records.append(record)
         self.seconds.append(seconds)
+        self.audio.append(audio)
         return None
 
     def finish(self) -> None:
@@ -303,12 +308,13 @@ class OfflineMeeting(Meeting):
                 out[rest] = out.max() + 1
         return by_first_appearance(out)
 
-    def guests(self) -> list[tuple[str, np.ndarray, float]]:
+    def guests(self) -> list[Guest]:
         if self.clusters is None:
             return []
         labels, embeddings = self.clusters
         seconds = np.array(self.seconds)
-        return [(label, embeddings[labels == k][-KEEP_WINDOWS:], float(seconds[labels == k].sum()))
+        return [(label, embeddings[labels == k][-KEEP_WINDOWS:], float(seconds[labels == k].sum()),
+                 sum((a for a, n in zip(self.audio, labels) if n == k), AudioTally()))
                 for k, label in self.names.items() if is_guest(label)]
 
 
@@ -327,8 +333,8 @@ class LiveMeeting(Meeting):
         self.context: deque[WindowRecord] = deque(maxlen=context)  # the clusterer's context windows
         self.sent: deque[list] = deque()  # [start, end, label] of turns sent whose windows are still in context
 
-    def window(self, record: WindowRecord, seconds: float) -> tuple[str, float]:
-        number = self.clusterer.add(record.embedding, seconds)
+    def window(self, record: WindowRecord, seconds: float, audio: AudioTally = AudioTally()) -> tuple[str, float]:
+        number = self.clusterer.add(record.embedding, seconds, audio)
         self.context.append(record)
         self._follow_merges()
         self._name_speakers()
@@ -427,9 +433,9 @@ class LiveMeeting(Meeting):
                 if was is not None:
                     self._relabel(was, name)
 
-    def guests(self) -> list[tuple[str, np.ndarray, float]]:
-        return [(label, *self.clusterer.windows_of(number)) for number, label in self.names.items()
-                if number in self.clusterer.speakers and is_guest(label)]
+    def guests(self) -> list[Guest]:
+        return [(label, *self.clusterer.windows_of(number), self.clusterer.audio_of(number))
+                for number, label in self.names.items() if number in self.clusterer.speakers and is_guest(label)]
 
 
 class _MeetingEnd:

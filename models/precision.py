@@ -12,6 +12,8 @@ is an error, never a quiet substitute.
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,13 +48,51 @@ def _int8_copy(path: Path, cache_dir: Path, recipe: str, cpu: str) -> Path:
     return cache_dir / "int8" / f"{path.stem}-{where}-{cpu}-{identity}-{recipe}.onnx"
 
 
+ABANDONED_TMP_S = 86400.0  # a .tmp this old is a leftover even if its writer's pid lives (reused)
+
+
 def _drop_stale(copy: Path) -> None:
-    """What is cached for an earlier version of the same model path on this CPU class (copies,
-    verdicts) and any crashed build's ``.tmp`` is removed: the cache holds one version per path."""
-    group, identity, _ = copy.stem.rsplit("-", 2)
-    for old in copy.parent.glob(f"{group}-*"):
-        if old.name.endswith(".tmp") or old.name[len(group) + 1:].split("-", 1)[0] != identity:
+    """The cache holds one version per model path: for this path, what is cached for an earlier
+    version on this CPU class (copies, verdicts), files of the layout before copies were kept
+    per CPU class (``MODEL-WHERE-IDENTITY.onnx`` and ``.no-ranges`` markers) and crashed builds'
+    ``.tmp`` files are removed. Other CPU classes' copies stay (a cache shared between machines).
+
+    Names are compared as text, never as a glob: a model named ``m[1].onnx`` is no pattern."""
+    from .quantize import CPU_CLASSES
+
+    group, identity, _ = copy.stem.rsplit("-", 2)  # group: MODEL-WHERE-CPU
+    owner, cpu = group.rsplit("-", 1)  # owner: MODEL-WHERE, every file of this model path
+    for old in copy.parent.iterdir():
+        if old == copy or not old.name.startswith(owner + "-"):
+            continue
+        fields = old.name[len(owner) + 1:].split("-", 2)
+        if old.name.endswith(".tmp"):
+            stale = _abandoned(old)
+        elif fields[0] == cpu:
+            stale = len(fields) < 2 or fields[1] != identity
+        else:
+            stale = fields[0] not in CPU_CLASSES  # the old layout: IDENTITY.onnx, IDENTITY.no-ranges
+        if stale:
             old.unlink(missing_ok=True)
+
+
+def _abandoned(tmp: Path) -> bool:
+    """A ``COPY.PID.tmp`` is a build in progress while its writer lives (another process starting
+    on the same model): only a dead writer's leftover, or a day-old one, is swept."""
+    try:
+        pid = int(tmp.name.rsplit(".", 2)[-2])
+        if time.time() - tmp.stat().st_mtime > ABANDONED_TMP_S:
+            return True
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    except (ValueError, IndexError):  # not named by our quantiser: not ours to keep
+        return True
+    except OSError:  # gone already
+        return False
+    return False
 
 
 def _read_info(path: Path):

@@ -60,6 +60,9 @@ def cpu_features() -> set[str]:
     return found
 
 
+CPU_CLASSES = ("vnni", "arm64", "x86")  # what cpu_class() answers; int8 copies are cached per class
+
+
 def cpu_class() -> str:
     """'vnni' (x86 with AVX512-VNNI or AVX-VNNI), 'arm64', or 'x86' (AVX2 or older, no VNNI)."""
     import platform

@@ -155,15 +155,35 @@ def test_a_copy_that_disagrees_is_never_run(tmp_path):
 
 
 def test_stale_copies_and_leftovers_are_swept(tmp_path):
-    """A new version of a model file replaces its cached copy; a crashed build's .tmp goes too."""
-    model = tmp_path / "m.onnx"
+    """A new version of a model file replaces its cached copy, whatever the model's name (brackets
+    are no glob pattern here); copies and markers of the layout before copies were kept per CPU
+    class go, and so does a crashed build's .tmp; a build in progress (its writer alive), other
+    CPU classes' copies and other models' files stay."""
+    import subprocess
+
+    model = tmp_path / "m[1].onnx"
     model.write_bytes(base_model_path().read_bytes())
     first, _, _ = choose(model, "auto", "cpu", tmp_path / "cache")
-    leftover = first.with_name(first.name + ".999.tmp")
-    leftover.write_bytes(b"half a copy")
-    os.utime(model, ns=(time.time_ns(), time.time_ns() + 10**9))  # an upgrade: same path, new file
-    second, _, _ = choose(model, "auto", "cpu", tmp_path / "cache")
-    assert second != first and sorted((tmp_path / "cache" / "int8").iterdir()) == [second]
+    cache = first.parent
+    owner, cpu, identity, recipe = first.stem.rsplit("-", 3)  # owner: MODEL-WHERE
+    assert cpu == cpu_class()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    other_cpu = next(c for c in ("vnni", "arm64", "x86") if c != cpu)
+    swept = [first.with_name(f"{first.name}.{dead}.tmp"),  # a crashed build's half copy
+             cache / f"{owner}-{identity}.onnx", cache / f"{owner}-{identity}.no-ranges"]  # the old layout
+    kept = [first.with_name(f"{first.name}.{writer.pid}.tmp"),  # another start building it right now
+            cache / f"{owner}-{other_cpu}-{identity}-u8s8.onnx", cache / f"other-0123456789ab-{cpu}-{identity}-{recipe}.onnx"]
+    try:
+        for path in swept + kept:
+            path.write_bytes(b"a file")
+        os.utime(model, ns=(time.time_ns(), time.time_ns() + 10**9))  # an upgrade: same path, new file
+        second, _, _ = choose(model, "auto", "cpu", tmp_path / "cache")
+    finally:
+        writer.kill()
+        writer.wait()
+    assert second != first and sorted(cache.iterdir()) == sorted([second, *kept])
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86 CPU")

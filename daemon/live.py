@@ -16,14 +16,15 @@ from rich.table import Table
 
 from spkrec.daemon.commands.demo import demo_gallery, demo_source
 from spkrec.daemon.default_model import open_engine
-from spkrec.daemon.door.config import DoorConfig, door_for
-from spkrec.daemon.door.hook import DoorSink
+from spkrec.daemon.door.config import DoorConfig, door_for, rule_key, rule_of
+from spkrec.daemon.door.hook import DoorSink, audit_path
+from spkrec.daemon.door.visit import VisitTracker
 from spkrec.daemon.meeting.session import LiveMeeting, Meeting, Namer, OfflineMeeting, summary
 from spkrec.daemon.modes import Mode, door_left_out, mode_of
-from spkrec.daemon.pipeline.decisions import Decider, DeciderSettings
+from spkrec.daemon.pipeline.decisions import Decider, DeciderSettings, TurnDecider
 from spkrec.daemon.pipeline.devices import resolve
 from spkrec.daemon.pipeline.events import StatusEvent
-from spkrec.daemon.pipeline.roster import Roster, open_gallery, skipped_voices
+from spkrec.daemon.pipeline.roster import LivePoint, Roster, open_gallery, skipped_voices
 from spkrec.daemon.pipeline.run import Pipeline, Stream
 from spkrec.daemon.pipeline.sinks import JsonlSink, LogSink, ProgressSink
 from spkrec.daemon.pipeline.sources import FileSource, MicrophoneSource, StdinSource
@@ -39,7 +40,8 @@ from spkrec.models.clustering import Scales
 from spkrec.models.config import Config, is_input_name
 from spkrec.models.errors import DeviceError, SpkrecError
 from spkrec.models.gallery import Gallery
-from spkrec.models.thresholds import OperatingPoint, decision_point
+from spkrec.models.thresholds import DOOR, UTTERANCE, OperatingPoint
+from spkrec.models.utterance import embed_once
 
 
 @dataclass(frozen=True)
@@ -161,25 +163,27 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     roster = Roster(info, gallery, cfg.decision.trained_speakers)
     streams, points = [], []
     for spec, source in zip(specs, sources):
-        door = door_for(cfg, spec.name)
-        point = decision_point(cfg, info, opened, door=mode.door and bool(door.authorized))
+        live_point = LivePoint(cfg.decision, roster)  # follows a new calibration of the gallery
+        points.append(live_point)
         state = LiveState(source=source.name, rate=info.sample_rate, provider=engine.provider, hop_s=hop_s,
                           timeline_s=cfg.ui.timeline_s, demo=demo, name=spec.name)
-        decider = Decider(roster, DeciderSettings(point.threshold, cfg.decision.margin, cfg.stream.smoothing,
-                                                  cfg.vad.min_voiced_ratio))
+        decider = _decider(cfg, mode, engine, roster, live_point, hop_s)
         streams.append(Stream(source, Vad(info.sample_rate, cfg.vad.frame_ms, cfg.vad.aggressiveness),
                               Windower(info.sample_rate, window_s, hop_s), decider, state, name=spec.name, demo=demo))
-        points.append(point)
     roster.report = streams[0].emit  # from the pipeline thread, which reads the roster
-    namer = Namer(roster, points[0].threshold, cfg.stream.smoothing)
+    namer = Namer(roster, points[0].point.threshold, cfg.stream.smoothing)
     meeting = _meeting(args, mode, cfg, info, namer, window_s, hop_s, streams[0].source.name)
     if meeting is not None and not meeting.scales.measured:
         _notice(streams[0], "the model carries no clustering scales (exported before they existed): meetings "
                             "cluster on its window eer and split voices more; python -m spkrec.training.scales "
                             "stamps them", on_screen)
     duration = sum(getattr(s.source, "duration_s", 0.0) for s in streams)
-    shared = _shared_sinks(args, mode, cfg, [s.state for s in streams], points[0].threshold, duration, console, logger)
-    for stream, point in zip(streams, points):
+    shared = _shared_sinks(args, mode, cfg, [s.state for s in streams], points[0].point.threshold, duration, console,
+                           logger)
+    for stream, live_point in zip(streams, points):
+        live_point.report = stream.emit
+        if isinstance(stream.decider, TurnDecider):
+            stream.decider.turn_point.report = stream.emit
         if meeting is not None:
             stream.decider = meeting.decider(stream.decider, stream.emit)
             stream.sinks[:0] = meeting.sinks()  # turns close before the UI and event log see "stopped"
@@ -187,9 +191,19 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         if door.authorized and not mode.door:
             _notice(stream, door_left_out(mode), on_screen, len(streams) > 1)
         elif door.authorized:
-            stream.sinks.append(DoorSink(door, stream.emit))  # its worker's reports reach the pipeline thread
-            for warning in door_warnings(door, roster, opened, info.fingerprint, point):
+            door_point = LivePoint(cfg.decision, roster, DOOR + rule_key(rule_of(door, cfg.decision.margin)),
+                                   "door threshold", stream.emit)
+            stream.stages.append(VisitTracker(roster, info.sample_rate, hop_s, door.visit_s, door.every_s,
+                                              door.max_visit_s))
+            # the door's worker reports through stream.emit, which reaches the pipeline thread
+            stream.sinks.append(DoorSink(door, stream.emit, door_point, cfg.decision.margin))
+            for warning in door_warnings(door, roster, opened, info.fingerprint, door_point.point):
                 _notice(stream, warning, on_screen, len(streams) > 1)
+            record = audit_path(door)
+            said = f"door decisions recorded in {record}" if record else "door decisions on the event stream only"
+            if on_screen is not None:
+                on_screen(f"{stream.name}: {said}" if len(streams) > 1 else said)
+            stream.notices.append(StatusEvent("door", said, {"audit_log": str(record) if record else None}))
         if hasattr(stream.source, "on_status"):
             stream.source.on_status = stream.emit  # device status: posted to the pipeline thread
     metrics = _metrics(mode, cfg, streams, engine, shared, say=logger.info if logger is not None else console.print)
@@ -214,6 +228,18 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         for stream in streams:
             print_summary(stream.state, console, stream.name if len(streams) > 1 else "", logger)
     return 0
+
+
+def _decider(cfg: Config, mode: Mode, engine, roster: Roster, point: LivePoint, hop_s: float) -> Decider:
+    """``[stream] labels``: each window's label, or the turn's from its accumulated audio (meetings
+    cluster windows of their own: they keep the window decider)."""
+    settings = DeciderSettings(point.point.threshold, cfg.decision.margin, cfg.stream.smoothing,
+                               cfg.vad.min_voiced_ratio)
+    if cfg.stream.labels == "window" or mode.decider != "windows":
+        return Decider(roster, settings, point)
+    turn_point = LivePoint(cfg.decision, roster, UTTERANCE, "turn threshold")
+    return TurnDecider(roster, settings, point, lambda audio: embed_once(engine, audio), turn_point,
+                       engine.info.sample_rate, hop_s)
 
 
 def _metrics(mode: Mode, cfg: Config, streams: list[Stream], engine, shared: list,
@@ -249,9 +275,13 @@ def door_warnings(door: DoorConfig, roster: Roster, gallery: Gallery | None, fin
     unknown = [name for name in door.authorized if name not in roster.names() and name not in foreign]
     if unknown:
         warnings.append(f"authorised {', '.join(unknown)} neither trained nor enrolled: the door cannot grant them")
-    if not point.calibrated:
+    if point.calibrated and not point.fits:
+        warnings.append(f"door threshold {point.threshold:.3f} is the gallery's {point.source}: the calibration "
+                        "predates this door or its rule changed (authorised names, visit keys, margin): run "
+                        "spkrec calibrate --impostors ... again (README, The door hook)")
+    elif not point.fits:
         warnings.append(f"door threshold {point.threshold:.3f} comes from the model's training ({point.source}), not "
-                        "measured on this gallery: run spkrec calibrate --impostors ... (README, The door)")
+                        "measured on this gallery: run spkrec calibrate --impostors ... (README, The door hook)")
     return warnings
 
 

@@ -82,101 +82,54 @@ def smooth(scores: np.ndarray, n: int) -> np.ndarray:
     return (sums[n:] - sums[:-n]) / n
 
 
-def running_mean(scores: np.ndarray, n: int) -> np.ndarray:
-    """Each row averaged with up to ``n - 1`` rows before it: the live decider from a fresh start
-    (its first windows average fewer), which is how a visit begins."""
-    scores = np.asarray(scores, dtype=np.float64)
-    sums = np.cumsum(np.concatenate([np.zeros((1, *scores.shape[1:])), scores]), axis=0)
-    ends = np.arange(1, len(scores) + 1)
-    starts = np.maximum(ends - max(n, 1), 0)
-    return (sums[ends] - sums[starts]) / (ends - starts)[:, None]
-
-
-@dataclass(frozen=True)
-class DoorRule:
-    """The door's grant rule as calibration replays it: ``wins`` of the last ``of_last`` windows
-    for one authorised name (windows of voiced audio, so ``min_voiced_s`` holds once they do)."""
-
-    wins: int
-    of_last: int
-    smoothing: int
-    margin: float = 0.0
-
-
-def visit_grant_threshold(scores: np.ndarray, authorised: np.ndarray, rule: DoorRule) -> float:
-    """The highest threshold at which the door would open during this visit (-inf: never).
-
-    ``scores`` [windows, voices] are raw cosines against the voiceprints, ``authorised`` a mask
-    over voices. The live decider labels each window by its smoothed best voice (if it clears
-    the threshold and the margin); the door opens when one authorised label holds ``wins`` of the
-    last ``of_last`` windows, so the visit's critical threshold is the best such run's
-    ``wins``-th highest score. A stranger's visit offers many windows and many runs: this is
-    what makes visits, not windows, the rate a door must be calibrated for.
-    """
-    if len(scores) == 0:
-        return float("-inf")
-    smoothed = running_mean(scores, rule.smoothing)
-    order = np.argsort(-smoothed, axis=1)
-    best = order[:, 0]
-    top = smoothed[np.arange(len(best)), best]
-    runner = smoothed[np.arange(len(best)), order[:, 1]] if smoothed.shape[1] > 1 else np.full(len(best), -1.0)
-    usable = np.where(authorised[best] & (top - runner >= rule.margin), top, -np.inf)
-    critical = float("-inf")
-    for end in range(rule.wins, len(best) + 1):
-        span = slice(max(0, end - rule.of_last), end)
-        for voice in np.unique(best[span]):
-            values = np.sort(usable[span][best[span] == voice])
-            if len(values) >= rule.wins:
-                critical = max(critical, float(values[-rule.wins]))
-    return critical
-
-
 @dataclass(frozen=True)
 class VisitCalibration:
-    """The door's operating point: the threshold under which at most ``target`` of impostor visits
-    would be granted, and what it costs the enrolled speakers' own visits."""
+    """A door's operating point: the threshold under which at most ``target`` of impostor visits
+    would be granted. Each visit's critical threshold (the highest at which the door would have
+    opened during it) is measured by replaying recordings through the door's own code
+    (daemon/door/replay.py); here only the numbers meet."""
 
     threshold: float
     target: float
     false_grants: int
     n_impostor_visits: int
-    false_rejects: int
-    n_target_visits: int
-    wins: int
-    of_last: int
+    rule: dict  # what the threshold was measured for (daemon.door.config.rule_of)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
 
 
-def calibrate_visits(windows: dict[str, np.ndarray], impostors: list[np.ndarray], authorised: set[str],
-                     window_threshold: float, target: float, rule: DoorRule, share: float = 0.25,
-                     guard: int = 4) -> VisitCalibration:
-    """Replay every impostor recording through the door rule as one visit, and the enrolled
-    speakers' held-out windows as visits of ``of_last + 4`` windows each (a few seconds at a door).
+def calibrate_door(impostor_criticals: list[float], target: float, rule: dict) -> VisitCalibration:
+    """The lowest threshold that grants at most ``target`` of the impostor visits (none, when
+    there are fewer than ``1 / target``); a visit that could open at no threshold counts as -2,
+    below any cosine."""
+    if not impostor_criticals:
+        raise ValueError("door calibration needs impostor recordings with voiced speech")
+    finite = np.array([c if np.isfinite(c) else -2.0 for c in impostor_criticals])
+    threshold = max(threshold_at_far(finite, target), -1.0)
+    return VisitCalibration(threshold, target, int(np.sum(finite >= threshold)), len(finite), rule)
 
-    The door threshold is the higher of ``window_threshold`` and the lowest threshold that grants at
-    most ``target`` of the impostor visits (an enrolled but unauthorised speaker's held-out visits
-    count as impostors too: the door must not open for them either).
-    """
-    names = sorted(windows)
-    parts = {name: holdout(len(windows[name]), share, guard) for name in names}
-    prints = np.stack([mean_embedding(windows[n][parts[n][0]]) for n in names])
-    door_mask = np.array([n in authorised for n in names])
-    impostor_crit = [visit_grant_threshold(normalize(r) @ prints.T, door_mask, rule) for r in impostors if len(r)]
-    target_crit = []
-    per_visit = rule.of_last + 4
-    for i, name in enumerate(names):
-        held = normalize(windows[name][parts[name][1]]) @ prints.T
-        for start in range(0, max(len(held) - rule.wins + 1, 1), per_visit):
-            visit = held[start : start + per_visit]
-            if name in authorised:
-                target_crit.append(visit_grant_threshold(visit, np.arange(len(names)) == i, rule))
-            else:
-                impostor_crit.append(visit_grant_threshold(visit, door_mask, rule))
-    if not impostor_crit:
-        raise ValueError("visit calibration needs impostor recordings or unauthorised enrolled speakers")
-    finite = np.array([c if np.isfinite(c) else -2.0 for c in impostor_crit])  # -2: below any cosine
-    threshold = max(window_threshold, threshold_at_far(finite, target))
-    return VisitCalibration(threshold, target, int(np.sum(finite >= threshold)), len(finite),
-                            int(np.sum(np.array(target_crit) < threshold)), len(target_crit), rule.wins, rule.of_last)
+
+@dataclass(frozen=True)
+class UtteranceCalibration:
+    """The point for whole files scored in one pass (identify, verify): at most ``target_far`` of
+    the impostor recordings' scores against every voiceprint are accepted."""
+
+    threshold: float
+    target_far: float
+    far: float
+    n_nontarget: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def calibrate_utterances(nontargets: np.ndarray, target_far: float) -> UtteranceCalibration:
+    nontargets = np.asarray(nontargets, dtype=np.float64).ravel()
+    if nontargets.size == 0:
+        raise ValueError("file-level calibration needs impostor recordings")
+    threshold = threshold_at_far(nontargets, target_far)
+    return UtteranceCalibration(threshold, target_far, float(np.mean(nontargets >= threshold)), int(nontargets.size))
 
 
 @dataclass(frozen=True)

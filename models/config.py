@@ -68,6 +68,7 @@ class StreamConfig:
     hop_s: float = option(0.0, lo=0.0, hi=10.0)
     smoothing: int = option(3, lo=1, hi=50)
     batch_wait_s: float = option(0.1, lo=0.0, hi=1.0)
+    labels: str = option("window", choices=("window", "turn"))
 
 
 @dataclass
@@ -218,8 +219,9 @@ def _merge(obj: Any, data: Mapping[str, Any], prefix: str, origins: dict | None 
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for name, value in data.items():
         key = prefix + name
-        if key in _GONE:
-            raise ConfigError(f"config key '{key}' is gone: {_GONE[key]}")
+        gone = _GONE.get(key) or _GONE.get(key.split(".", 2)[-1] if key.startswith("inputs.") else "")
+        if gone:
+            raise ConfigError(f"config key '{key}' is gone: {gone}")
         if name not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key '{key}' (known here: {known})")

@@ -88,40 +88,24 @@ def test_as_norm_is_the_mean_of_z_and_t_norm_over_the_closest_cohort():
             assert np.isclose(normed[t, e], expected)
 
 
-def test_visit_grant_threshold_replays_the_door_rule():
-    from spkrec.models.calibration import DoorRule, visit_grant_threshold
+def test_door_threshold_refuses_every_impostor_visit_below_one_over_the_target():
+    from spkrec.models.calibration import calibrate_door
 
-    rule = DoorRule(wins=3, of_last=4, smoothing=1)
-    both = np.array([True, True])
-    # voice 0 wins windows 0, 1 and 3 of the first four (0.7, 0.6, 0.5): the door opens up to 0.5
-    visit = np.array([[0.7, 0.1], [0.6, 0.2], [0.1, 0.3], [0.5, 0.2], [0.1, 0.2]])
-    assert visit_grant_threshold(visit, both, rule) == 0.5
-    # not authorised: never
-    assert visit_grant_threshold(visit, np.array([False, True]), rule) == float("-inf")
-    # high windows too far apart for 3 of any 4: never, however low the threshold
-    spread = np.array([[0.9, 0.0], [0.0, 0.1], [0.0, 0.1], [0.9, 0.0], [0.0, 0.1], [0.0, 0.1], [0.9, 0.0]])
-    assert visit_grant_threshold(spread, np.array([True, False]), rule) == float("-inf")
-    # smoothing as the live decider does it: the first window alone, then running means
-    smoothed = visit_grant_threshold(np.array([[0.9, 0.0], [0.3, 0.0], [0.3, 0.0]]), both, DoorRule(3, 3, 2))
-    assert np.isclose(smoothed, 0.3)  # windows score 0.9, 0.6, 0.3
+    criticals = [0.31, float("-inf"), 0.52, 0.44, 0.12, float("-inf"), 0.2, 0.05, 0.38, 0.49]
+    strict = calibrate_door(criticals, 0.01, {"authorized": ["a"]})
+    assert strict.false_grants == 0 and strict.n_impostor_visits == 10 and 0.52 < strict.threshold < 0.5201
+    loose = calibrate_door(criticals * 10, 0.1, {"authorized": ["a"]})  # 100 visits, 10 % may be granted
+    assert loose.false_grants == 10 and 0.49 < loose.threshold <= 0.52  # only the ten 0.52 visits pass
+    assert calibrate_door([float("-inf")] * 5, 0.01, {}).threshold == -1.0  # nobody could open it: any threshold
+    with pytest.raises(ValueError):
+        calibrate_door([], 0.01, {})
 
 
-def test_door_threshold_rises_until_stranger_visits_are_refused():
-    from spkrec.models.calibration import DoorRule, calibrate_visits
+def test_file_threshold_accepts_at_most_the_target_share_of_impostor_scores():
+    from spkrec.models.calibration import calibrate_utterances
 
-    rng = np.random.default_rng(0)
-    voice = normalize(rng.normal(size=(1, 32)))
-    own = normalize(voice + 0.05 * rng.normal(size=(40, 32)))
-    alike = normalize(voice + 1.2 * normalize(rng.normal(size=(1, 32))))  # a stranger who sounds alike
-    close_stranger = normalize(alike + 0.1 * rng.normal(size=(12, 32)))  # every window of the visit close
-    far_strangers = [normalize(rng.normal(size=(12, 32))) for _ in range(9)]
-    strangers = [close_stranger, *far_strangers]
-    rule = DoorRule(3, 4, 1)
-    # the per-window point, calibrated as `spkrec calibrate` does, at a window rate a door would accept
-    window = calibrate_open_set({"a": own}, strangers, 0.05, 1, guard=2).threshold
-    loose = calibrate_visits({"a": own}, strangers, {"a"}, window, 0.5, rule, guard=2)
-    strict = calibrate_visits({"a": own}, strangers, {"a"}, window, 0.0, rule, guard=2)
-    assert strict.false_grants == 0 and strict.n_impostor_visits == 10
-    assert loose.threshold == window and loose.false_grants >= 1  # 5 % of windows let a stranger's visit in
-    assert strict.threshold > window  # the visit replay raised it
-    assert strict.false_rejects == 0 and strict.n_target_visits >= 1  # the voice itself still gets in
+    scores = np.linspace(-0.2, 0.6, 200).reshape(40, 5)
+    point = calibrate_utterances(scores, 0.05)
+    assert point.n_nontarget == 200 and point.far == 0.05 and np.mean(scores >= point.threshold) == 0.05
+    ordered = np.sort(scores.ravel())
+    assert ordered[-11] < point.threshold <= ordered[-10]  # the lowest such point: the 11th highest is refused

@@ -77,14 +77,14 @@ def test_lookup_order_flag_env_xdg_etc_and_never_the_working_directory(tmp_path,
 
 def test_spkrec_config_prints_the_merged_values_and_their_origins(tmp_path):
     mine = tmp_path / "mine.toml"
-    mine.write_text('[model]\nthreads = 3\n[inputs.front]\ndevice = "USB"\n[inputs.front.door]\nwins = 2\n')
+    mine.write_text('[model]\nthreads = 3\n[inputs.front]\ndevice = "USB"\n[inputs.front.door]\nmin_voiced_s = 2.5\n')
     (tmp_path / "config.toml").write_text("[train]\nepochs = 99\n")  # a stray file in the working directory
     done = spkrec("config", "--config", str(mine), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert any(re.fullmatch(rf"threads = 3 +# {re.escape(str(mine))}", line) for line in lines), done.stdout
     assert any(re.fullmatch(r"provider = \"auto\" +# default", line) for line in lines)
-    assert any(re.fullmatch(rf"wins = 2 +# {re.escape(str(mine))}", line) for line in lines)
+    assert any(re.fullmatch(rf"min_voiced_s = 2.5 +# {re.escape(str(mine))}", line) for line in lines)
     assert "./config.toml is not read" in done.stdout
     printed = tomllib.loads(done.stdout)  # the output is TOML that loads back to the same configuration
     assert from_dict(printed) == load_config(mine)
@@ -135,11 +135,16 @@ def test_a_parts_section_is_validated_like_the_core_and_per_input_where_it_allow
     from spkrec.daemon.door.config import DoorConfig, door_for
 
     mine = tmp_path / "mine.toml"
-    mine.write_text('[door]\nwins = 2\n[inputs.front]\ndevice = "USB"\n[inputs.front.door]\nwins = 4\nof_last = 5\n')
+    mine.write_text('[door]\nvisit_s = 6.0\n[inputs.front]\ndevice = "USB"\n[inputs.front.door]\nvisit_s = 10.0\n'
+                    'max_visit_s = 30.0\n')
     cfg = load_config(mine)
-    assert isinstance(cfg.door, DoorConfig) and cfg.door.wins == 2
-    assert door_for(cfg, "front").wins == 4 and door_for(cfg, "front").of_last == 5 and door_for(cfg, "back").wins == 2
-    for text, key in (('[inputs.front]\ndevice = "USB"\n[inputs.front.door]\nwins = 0\n', "inputs.front.door.wins"),
+    assert isinstance(cfg.door, DoorConfig) and cfg.door.visit_s == 6.0
+    front, back = door_for(cfg, "front"), door_for(cfg, "back")
+    assert front.visit_s == 10.0 and front.max_visit_s == 30.0 and back.visit_s == 6.0
+    for text, key in (('[inputs.front]\ndevice = "USB"\n[inputs.front.door]\nvisit_s = 0\n', "inputs.front.door.visit_s"),
+                      ('[inputs.front]\ndevice = "USB"\n[inputs.front.door]\nvisit_s = 25.0\n',
+                       "inputs.front.door.visit_s"),
+                      ('[inputs.front]\ndevice = "USB"\n[inputs.front.door]\nwins = 3\n', "inputs.front.door.wins"),
                       ('[inputs.front]\ndevice = "USB"\n[inputs.front.meeting]\nmax_speakers = 3\n',
                        "inputs.front.meeting"),
                       ("[metrics]\nlisten = 'nowhere'\n", "metrics.listen")):

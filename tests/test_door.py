@@ -1,6 +1,6 @@
-"""The door: policy over recent decisions, real hook programs, a real local webhook (http and
-https), the audit log on disk. Windows are cut from a speech timeline with pauses, as the live
-pipeline cuts them, so their voiced shares are those of real speech."""
+"""The door: its policy over a visit's evidence, real hook programs, a real local webhook (http
+and https), the audit log on disk. A visit's evidence comes as the visit tracker emits it: every
+second of new voice, its voiced seconds counted from a speech timeline with pauses."""
 
 import hashlib
 import hmac
@@ -18,32 +18,34 @@ from pathlib import Path
 
 import pytest
 from conftest import Webhook, spkrec
-from spkrec.daemon.door.hook import DoorSink, audit_path
-from spkrec.daemon.pipeline.events import DoorEvent, SilenceEvent, SpeakerEvent, StatusEvent
 from spkrec.daemon.door.config import DoorConfig
+from spkrec.daemon.door.hook import DoorSink, audit_path
+from spkrec.daemon.pipeline.events import DoorEvent, StatusEvent, VisitEvent
 
-WINDOW, HOP = 2.0, 0.5
+THRESHOLD = 0.5
+EVERY = 1.0
 # Speech as a speaker at a door delivers it: phrases with short pauses (stream seconds).
 PHRASES = ((0.0, 0.9), (1.2, 2.0), (2.3, 3.1), (3.4, 4.0), (4.3, 5.2))
+_attempts = iter(range(1, 10**6))
 
 
-def _win(end, label, speech=PHRASES, score=0.8):
-    """The window ending at ``end``: its voiced spans and share come from the speech timeline."""
-    start = end - WINDOW
-    spans = tuple((max(a, start), min(b, end)) for a, b in speech if b > start and a < end)
-    voiced = sum(b - a for a, b in spans) / WINDOW
-    return SpeakerEvent(start, end, label, score, ((label, score),), voiced, voiced_spans=spans)
+def _voiced(speech, until: float) -> float:
+    return sum(max(0.0, min(b, until) - a) for a, b in speech)
 
 
-def _visit(door, label, first_end=2.0, n=4, speech=PHRASES, score=0.8):
+def _visit(door, label, first_end=2.0, n=4, speech=PHRASES, score=0.8, runner_up=0.1):
+    """One visit: evidence every ``EVERY`` s from ``first_end``, the last one final."""
+    attempt = next(_attempts)
+    start = first_end - 2.0
     for i in range(n):
-        door.handle(_win(first_end + i * HOP, label, speech, score))
+        end = first_end + i * EVERY
+        door.handle(VisitEvent(start, end, label, score, runner_up, _voiced(speech, end), i == n - 1, attempt))
 
 
-def _door(tmp_path, **kw):
+def _door(tmp_path, threshold=THRESHOLD, **kw):
     cfg = DoorConfig(authorized=["alice"], audit_log=str(tmp_path / "audit.jsonl"), **kw)
     emitted = []
-    return DoorSink(cfg, emitted.append), emitted
+    return DoorSink(cfg, emitted.append, lambda: threshold), emitted
 
 
 def _audit(tmp_path, phase="done"):
@@ -56,21 +58,22 @@ def _hook(script: str) -> list[str]:
     return [sys.executable, "-c", script]
 
 
-def test_grants_authorised_voice_after_n_of_m_and_records_denials(tmp_path):
+def test_grants_an_authorised_visit_and_refuses_others_once_each(tmp_path):
     hook_out = tmp_path / "opened.json"
     hook = _hook(f"import json, os, sys; open({str(hook_out)!r}, 'w').write(json.dumps({{'env': os.environ['SPKREC_LABEL'], "
                  "'stdin': json.load(sys.stdin)}))")
     door, emitted = _door(tmp_path, command=hook)
-    for i, label in enumerate(["alice", "bob", "alice"]):
-        door.handle(_win(2.0 + i * HOP, label))
-    assert emitted == []  # two of three is not enough
-    door.handle(_win(3.5, "alice"))
-    assert [(e.label, e.granted) for e in emitted] == [("alice", True)]
-    door.handle(_win(4.0, "alice"))  # cooldown: no second opening
-    door.handle(SilenceEvent(4.5, 6.5))
-    _visit(door, "bob", first_end=10.0, speech=tuple((a + 8, b + 8) for a, b in PHRASES))  # enrolled, not authorised
-    door.handle(SilenceEvent(14.0, 16.0))
-    _visit(door, "unknown", first_end=20.0, speech=tuple((a + 18, b + 18) for a, b in PHRASES), score=0.2)
+    attempt = next(_attempts)
+    door.handle(VisitEvent(0.0, 1.0, "alice", 0.9, 0.1, 0.9, False, attempt))
+    assert emitted == []  # 0.9 s of voice is not enough (min_voiced_s 1.5), however high the score
+    door.handle(VisitEvent(0.0, 2.0, "alice", 0.45, 0.1, 1.7, False, attempt))
+    assert emitted == []  # enough voice, below the door threshold
+    door.handle(VisitEvent(0.0, 3.0, "alice", 0.7, 0.1, 2.5, False, attempt))
+    assert [(e.label, e.granted, e.scores) for e in emitted] == [("alice", True, (0.9, 0.45, 0.7))]
+    door.handle(VisitEvent(0.0, 4.0, "alice", 0.8, 0.1, 3.4, True, attempt))  # the same visit: no second opening
+    _visit(door, "alice", first_end=8.0)  # cooldown (10 s): neither an opening nor a refusal
+    _visit(door, "bob", first_end=20.0)  # enrolled, not authorised
+    _visit(door, "alice", first_end=30.0, score=0.3)  # below the threshold: an unknown voice
     door.close()
     assert [(e.label, e.granted, e.reason) for e in emitted] == [
         ("alice", True, "authorised"), ("bob", False, "not authorised"), ("unknown", False, "unknown voice")]
@@ -80,6 +83,28 @@ def test_grants_authorised_voice_after_n_of_m_and_records_denials(tmp_path):
     assert [(a["label"], a["granted"]) for a in audit] == [("alice", True), ("bob", False), ("unknown", False)]
     assert audit[0]["action"]["command"]["ok"] is True and audit[0]["action"]["actuated"] is True
     assert [a["id"] for a in _audit(tmp_path, "decided")] == [e.id for e in emitted]
+
+
+def test_a_margin_refuses_a_voice_too_close_to_another(tmp_path):
+    cfg = DoorConfig(authorized=["alice"], audit_log=str(tmp_path / "audit.jsonl"))
+    emitted = []
+    door = DoorSink(cfg, emitted.append, lambda: THRESHOLD, margin=0.1)
+    _visit(door, "alice", score=0.8, runner_up=0.75)
+    door.close()
+    assert [(e.label, e.granted, e.reason) for e in emitted] == [("alice", False, "too close to another voice")]
+
+
+def test_the_threshold_is_asked_at_each_decision(tmp_path):
+    """A new calibration reaches a running door: the same evidence, a new threshold, a new answer."""
+    threshold = [0.9]
+    cfg = DoorConfig(authorized=["alice"], audit_log=str(tmp_path / "audit.jsonl"))
+    emitted = []
+    door = DoorSink(cfg, emitted.append, lambda: threshold[0])
+    _visit(door, "alice", score=0.8)
+    threshold[0] = 0.7
+    _visit(door, "alice", first_end=20.0, score=0.8)
+    door.close()
+    assert [(e.granted, e.reason) for e in emitted] == [(False, "unknown voice"), (True, "authorised")]
 
 
 def test_the_decision_is_on_disk_before_the_lock_moves(tmp_path):
@@ -113,23 +138,9 @@ def test_audit_folder_that_cannot_be_made_is_one_error_at_start(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(Exception) as caught:
-        DoorSink(DoorConfig(authorized=["alice"], audit_log=str(blocker / "logs" / "audit.jsonl")), lambda e: None)
+        DoorSink(DoorConfig(authorized=["alice"], audit_log=str(blocker / "logs" / "audit.jsonl")), lambda e: None,
+                 lambda: THRESHOLD)
     assert "cannot create folder" in str(caught.value)
-
-
-def test_door_policy_counts_the_voiced_audio_the_windows_cover(tmp_path):
-    # Three winning windows of speech with pauses (voiced share about 0.7 each): 2.9 s voiced audio
-    # under them, counted once. The old rule (share x hop per window) saw 3 x 0.35 s < 1.5 s.
-    door, emitted = _door(tmp_path)
-    for end in (2.0, 2.5, 3.0):
-        door.handle(_win(end, "alice"))
-    assert [e.granted for e in emitted] == [True]
-    door.close()
-    # One short phrase (1.1 s voiced) under four windows is not enough.
-    short, emitted = _door(tmp_path / "short")
-    _visit(short, "alice", speech=((0.5, 1.6),))
-    short.close()
-    assert emitted == []
 
 
 def test_shell_metacharacters_in_a_name_run_nothing(tmp_path, monkeypatch):
@@ -137,7 +148,7 @@ def test_shell_metacharacters_in_a_name_run_nothing(tmp_path, monkeypatch):
     evil = "alice; touch pwned #$(touch pwned2)"
     marker = tmp_path / "seen.txt"
     hook = _hook(f"import os; open({str(marker)!r}, 'w').write(os.environ['SPKREC_LABEL'])")
-    door = DoorSink(DoorConfig(authorized=[evil], command=hook), lambda e: None)
+    door = DoorSink(DoorConfig(authorized=[evil], command=hook), lambda e: None, lambda: THRESHOLD)
     _visit(door, evil)
     door.close()
     assert marker.read_text() == evil
@@ -151,7 +162,6 @@ def test_hanging_hook_never_blocks_recognition_or_shutdown(tmp_path):
     door, emitted = _door(tmp_path, command=_hook("import time; time.sleep(60)"), timeout_s=1.0, cooldown_s=0.0)
     started = time.monotonic()
     for visit in range(60):  # far more decisions than the queue holds
-        door.handle(SilenceEvent(0, 0))
         _visit(door, "alice", first_end=2.0 + visit * 10, speech=tuple((a + visit * 10, b + visit * 10) for a, b in PHRASES))
     assert time.monotonic() - started < 1.0  # the pipeline thread never waited
     closing = time.monotonic()

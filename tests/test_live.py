@@ -244,9 +244,10 @@ def test_door_opens_for_the_authorised_voice_only(live_setup, tmp_path):
     warnings = [e["message"] for e in events if e["event"] == "status" and e["state"] == "warning"]
     assert any("zoe neither trained nor enrolled" in w for w in warnings), warnings
     assert any("not measured on this gallery" in w for w in warnings), warnings  # no spkrec calibrate here
-    for door in doors:  # each decision comes after the speaker event that tipped it, never before
-        cause = next(i for i, e in enumerate(events) if e["event"] == "speaker" and e["end"] == door["end"])
-        assert events.index(door) > cause
+    for door in doors:  # each decision comes after the visit evidence that tipped it, never before
+        cause = next(i for i, e in enumerate(events) if e["event"] == "visit" and e["end"] == door["end"]
+                     and e["start"] == door["start"])
+        assert events.index(door) > cause and events[cause]["score"] == door["score"]
 
 
 def test_door_reports_made_at_shutdown_reach_the_event_log(live_setup, tmp_path):

@@ -28,8 +28,6 @@ file = "{front}"
 [inputs.front.door]
 authorized = ["1688"]
 command = ["{python}", "-c", "import sys, pathlib; pathlib.Path('{marker}').write_text(sys.stdin.read())"]
-wins = 3
-of_last = 4
 
 [inputs.back]
 file = "{back}"

@@ -1,7 +1,8 @@
-"""File-level identification: the voiced windows of a file embedded, averaged, scored once.
+"""File-level identification: the voiced audio of a file embedded in one pass, scored once.
 
-The file goes through the same VAD and the same engine call as enrollment, verification and the
-live daemon (``enroll.gather`` / ``enroll.embed``), so one recording scores the same everywhere.
+The file goes through the same VAD as enrollment and the live daemon (``enroll.gather``) and is
+embedded whole (models/utterance.py: one pass, or equal pieces of at most 8 s averaged), as
+`spkrec verify` does, against the threshold calibrated for this kind of score.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from spkrec.daemon.commands.common import engine_for, warning
-from spkrec.daemon.commands.enroll import embed, gather
+from spkrec.daemon.commands.enroll import gather
 from spkrec.daemon.pipeline.roster import Roster
 from spkrec.models.audio import is_silent, load_audio
 from spkrec.models.config import Config, VadConfig
 from spkrec.models.engine import Engine
 from spkrec.models.errors import AudioError
-from spkrec.models.scoring import Decision, cosine_scores, decide, mean_embedding
+from spkrec.models.scoring import Decision, cosine_scores, decide
+from spkrec.models.utterance import embed_utterance
 
 
 @dataclass(frozen=True)
@@ -53,15 +55,14 @@ def identify_file(engine: Engine, roster: Roster, path: Path, threshold: float, 
             raise AudioError(f"{path} has no voiced speech to identify")
     except AudioError as exc:
         return FileResult(path, None, 0.0, str(exc))
-    embeddings = embed(engine, sample)
     labels, prototypes = roster()
-    scores = cosine_scores(mean_embedding(embeddings), prototypes)
+    scores = cosine_scores(embed_utterance(engine, sample.voiced), prototypes)
     return FileResult(path, decide(scores, labels, threshold, margin), samples.size / info.sample_rate)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from spkrec.daemon.pipeline.roster import Roster, open_gallery, skipped_voices
-    from spkrec.models.thresholds import decision_point
+    from spkrec.models.thresholds import UTTERANCE, decision_point
 
     files = list(args.files)
     if not cfg.model.path and files and files[0].suffix == ".onnx" and len(files) > 1:
@@ -72,7 +73,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if skipped:
         warning(skipped)
     roster = Roster(engine.info, gallery, cfg.decision.trained_speakers)
-    threshold = decision_point(cfg, engine.info, gallery).threshold
+    point = decision_point(cfg, engine.info, gallery, UTTERANCE)
+    if point.calibrated and not point.fits:  # calibrated before files had a point of their own
+        warning(f"threshold {point.threshold:.3f} is the gallery's {point.source}: run spkrec calibrate "
+                "--impostors ... again (README, Open-set decisions and calibration)")
+    threshold = point.threshold
     results = [identify_file(engine, roster, path, threshold, cfg.decision.margin, cfg.vad) for path in files]
     if args.json:
         for result in results:

@@ -295,10 +295,11 @@ class DoorSink:
     """The door as a sink: decisions go to the event stream (after the speaker event that caused
     them), then to the worker, which audits and acts."""
 
-    def __init__(self, cfg: DoorConfig, emit: Callable[[Event], None]) -> None:
+    def __init__(self, cfg: DoorConfig, emit: Callable[[Event], None], threshold: Callable[[], float],
+                 margin: float = 0.0) -> None:
         """``emit`` must be callable from the worker thread too (a live Stream's is: it posts
-        events from other threads to the pipeline thread)."""
-        self.policy = DoorPolicy(cfg)
+        events from other threads to the pipeline thread). ``threshold`` is asked at each decision."""
+        self.policy = DoorPolicy(cfg, threshold, margin)
         self.emit = emit
         self.actions = DoorActions(cfg, open_audit(cfg), emit)
 

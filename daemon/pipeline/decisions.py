@@ -6,6 +6,7 @@ does not flip the label; a silent window resets that memory, so a new turn start
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
@@ -30,8 +31,10 @@ class DeciderSettings:
 
 
 class Decider:
-    def __init__(self, roster: Roster, settings: DeciderSettings) -> None:
-        self.roster, self.settings = roster, settings
+    def __init__(self, roster: Roster, settings: DeciderSettings, point: Callable[[], float] | None = None) -> None:
+        """``point``, when given, is asked for the threshold at each decision (a calibration that
+        reaches a running daemon, roster.LivePoint); else ``settings.threshold`` holds."""
+        self.roster, self.settings, self.point = roster, settings, point
         self.history: deque[np.ndarray] = deque(maxlen=settings.smoothing)
         self.history_labels: tuple[str, ...] = ()
         self.speaking = False
@@ -54,9 +57,60 @@ class Decider:
             self.history_labels = labels
         self.history.append(cosine_scores(embedding, prototypes))
         smoothed = np.mean(self.history, axis=0)
-        decision: Decision = decide(smoothed, labels, self.settings.threshold, self.settings.margin)
+        threshold = self.point() if self.point is not None else self.settings.threshold
+        decision: Decision = decide(smoothed, labels, threshold, self.settings.margin)
         self.speaking = True
         return SpeakerEvent(window.start, window.end, decision.label, decision.score, decision.candidates,
                             window.voiced_ratio, inference_ms, latency_ms, window.voiced_span(),
                             voiced_spans=window.voiced_spans())
 
+
+
+class TurnDecider(Decider):
+    """Labels from the turn's accumulated audio; windows only say when the speaker changes.
+
+    The window decider's label (smoothed, as above) marks a change of speaker once it disagrees
+    with the turn's for ``change_windows`` windows in a row, or at a pause. Inside a turn, each
+    window's new voiced audio joins the turn's (its last ``keep_s`` seconds), embedded in one pass
+    every ``every_s`` seconds of new voice and held to the threshold for whole utterances
+    (``turn_point``): once the turn has its first one-pass label, every window of the turn says it.
+    """
+
+    def __init__(self, roster: Roster, settings: DeciderSettings, point: Callable[[], float] | None,
+                 embed: Callable[[np.ndarray], np.ndarray], turn_point: Callable[[], float], rate: int, hop_s: float,
+                 every_s: float = 1.0, keep_s: float = 8.0, change_windows: int = 1) -> None:
+        super().__init__(roster, settings, point)
+        self.embed, self.turn_point = embed, turn_point
+        self.rate, self.hop = rate, int(round(hop_s * rate))
+        self.every, self.keep = int(round(every_s * rate)), int(round(keep_s * rate))
+        self.change_windows = change_windows
+        self._new_turn()
+
+    def _new_turn(self) -> None:
+        self.audio = np.zeros(0, np.float32)
+        self.voiced = self.scored_at = 0
+        self.turn: Decision | None = None  # the turn's one-pass decision, once it has one
+        self.disagree = 0  # windows in a row whose label is not the turn's
+
+    def silence(self, window: Window) -> SilenceEvent | None:
+        self._new_turn()
+        return super().silence(window)
+
+    def decide(self, window: Window, embedding: np.ndarray, inference_ms: float, latency_ms: float) -> SpeakerEvent:
+        event = super().decide(window, embedding, inference_ms, latency_ms)
+        if self.turn is not None:
+            self.disagree = self.disagree + 1 if event.label != self.turn.label else 0
+            if self.disagree >= self.change_windows:  # another voice: its turn starts with this window
+                self._new_turn()
+        fresh = self.voiced == 0
+        new = window.samples[window.voiced_mask] if fresh else window.samples[-self.hop:][window.voiced_mask[-self.hop:]]
+        self.audio = np.concatenate([self.audio, new])[-self.keep:]
+        self.voiced += new.size
+        if self.voiced - self.scored_at >= self.every:
+            labels, prototypes = self.roster()
+            self.turn = decide(cosine_scores(self.embed(self.audio), prototypes), labels, self.turn_point(),
+                               self.settings.margin)
+            self.scored_at, self.disagree = self.voiced, 0
+        if self.turn is None:
+            return event
+        return dataclasses.replace(event, label=self.turn.label, score=self.turn.score, candidates=self.turn.candidates)

@@ -140,4 +140,28 @@ class DoorEvent:
         return tagged(self, data)
 
 
-Event = SpeakerEvent | SilenceEvent | StatusEvent | TurnEvent | RelabelEvent | DoorEvent
+@dataclass(frozen=True)
+class VisitEvent:
+    """A door visit's evidence so far: the voiced audio since the visit began (its last
+    ``visit_s`` seconds) embedded in one pass and scored against every voice. ``final`` marks
+    the visit's last word: a pause ended it, or it ran past ``max_visit_s``."""
+
+    start: float
+    end: float
+    label: str  # the best-scoring voice (not yet held to any threshold: the door does that)
+    score: float
+    runner_up: float  # the second best voice's score (-1 when there is none), for the margin
+    voiced_s: float  # voiced seconds heard in this visit
+    final: bool = False
+    attempt: int = 0  # visits counted from the stream's start
+    stream: str = field(default="", kw_only=True)  # which input, when several are served
+    demo: bool = field(default=False, kw_only=True)  # made up by the demo stream, not heard
+
+    def to_dict(self) -> dict:
+        data = {"event": "visit", "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
+                "score": round(self.score, 4), "runner_up": round(self.runner_up, 4),
+                "voiced_s": round(self.voiced_s, 3), "final": self.final, "attempt": self.attempt}
+        return tagged(self, data)
+
+
+Event = SpeakerEvent | SilenceEvent | StatusEvent | TurnEvent | RelabelEvent | DoorEvent | VisitEvent

@@ -16,9 +16,10 @@ import numpy as np
 
 from spkrec.daemon.pipeline.events import StatusEvent
 from spkrec.models.artifact import ModelInfo
-from spkrec.models.config import Config
+from spkrec.models.config import Config, DecisionConfig
 from spkrec.models.errors import GalleryError
 from spkrec.models.gallery import Gallery
+from spkrec.models.thresholds import WINDOW, resolve
 
 
 class Roster:
@@ -32,6 +33,7 @@ class Roster:
             ((), np.zeros((0, info.embedding_dim), np.float32))
         self.version: int | None = None
         self.current = self.trained
+        self.calibrated: dict | None = None  # the gallery's calibration for this model, as last read
         self.failure: str | None = None  # the error last reported, so it is said once, not per window
         self.refresh()  # an unreadable gallery is refused here, at start, in one line
 
@@ -45,6 +47,7 @@ class Roster:
         if version == self.version:
             return
         names, prints = self.gallery.roster(self.info.fingerprint)
+        self.calibrated = self.gallery.calibration(self.info.fingerprint)
         trained_labels, trained_protos = self.trained
         keep = [i for i, label in enumerate(trained_labels) if label not in names]  # enrolled voices win
         labels = tuple(trained_labels[i] for i in keep) + names
@@ -67,6 +70,30 @@ class Roster:
     def names(self) -> set[str]:
         """Every name this roster can put on a voice now."""
         return set(self.current[0])
+
+
+class LivePoint:
+    """A threshold that follows the gallery: `spkrec calibrate` writes the gallery, the roster
+    sees the change at its next read (every window), and the next decision uses the new point.
+    A change is said once, as a ``threshold`` status event."""
+
+    def __init__(self, decision: DecisionConfig, roster: Roster, kind: str = WINDOW, what: str = "threshold",
+                 report: Callable[[StatusEvent], None] | None = None) -> None:
+        self.decision, self.roster, self.kind, self.what = decision, roster, kind, what
+        self.report = report or (lambda event: None)
+        self.version = roster.version
+        self.point = resolve(decision, roster.info.thresholds, roster.calibrated, kind)
+
+    def __call__(self) -> float:
+        if self.roster.version != self.version:
+            self.version = self.roster.version
+            point = resolve(self.decision, self.roster.info.thresholds, self.roster.calibrated, self.kind)
+            if point != self.point:
+                self.report(StatusEvent("threshold", f"{self.what} now {point.threshold:.3f} ({point.source})",
+                                        {"threshold": round(point.threshold, 4), "source": point.source,
+                                         "was": round(self.point.threshold, 4)}))
+                self.point = point
+        return self.point.threshold
 
 
 def open_gallery(cfg: Config) -> Gallery | None:

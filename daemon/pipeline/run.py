@@ -38,6 +38,7 @@ from spkrec.daemon.pipeline.windowing import Window, Windower
 from spkrec.daemon.service.heap import HeapTrimmer
 from spkrec.daemon.service.notify import Supervisor
 from spkrec.models.engine import Engine
+from spkrec.models.utterance import embed_once
 
 READERS_JOIN_S = 5.0  # how long shutdown waits for reader threads (each checks ``stop`` every 0.1-0.2 s)
 MAX_BATCH = 16  # windows per engine call when a fast (file) stream has queued many: a batch's
@@ -69,6 +70,7 @@ class Stream:
     decider: Decider
     state: LiveState
     sinks: list = field(default_factory=list)
+    stages: list = field(default_factory=list)  # after the decider, with the engine: a door's visits (door/visit.py)
     name: str = ""
     shared: Sequence[Sink] = ()
     demo: bool = False  # the demo stream: every event says so
@@ -244,6 +246,9 @@ class Pipeline:
             windows = []
             if item is None or isinstance(item, BaseException):  # the stream ended or failed
                 live.discard(stream)
+                for stage in stream.stages:
+                    for event in stage.end(self._embed_once):
+                        stream.emit(event)
                 if item is not None:
                     failures.append(item)
                     stream.emit(StatusEvent("error", str(item)))
@@ -322,8 +327,18 @@ class Pipeline:
             if id(window) in rows:
                 stream.emit(stream.decider.decide(window, embeddings[rows[id(window)]], self.engine.last_ms,
                                                   (done - window.arrival) * 1000.0))
+                for stage in stream.stages:
+                    for event in stage.window(window, self._embed_once):
+                        stream.emit(event)
             else:
                 stream.state.quiet_window(window.end)
                 event = stream.decider.silence(window)
                 if event is not None:
                     stream.emit(event)
+                for stage in stream.stages:
+                    for event in stage.quiet(window, self._embed_once):
+                        stream.emit(event)
+
+    def _embed_once(self, audio: np.ndarray) -> np.ndarray:
+        """One stretch of voiced audio, any length, in one pass (a stage's, e.g. a door visit)."""
+        return embed_once(self.engine, audio)

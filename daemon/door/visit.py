@@ -18,7 +18,7 @@ import numpy as np
 
 from spkrec.daemon.pipeline.decisions import Roster
 from spkrec.daemon.pipeline.events import Event, VisitEvent
-from spkrec.daemon.pipeline.windowing import Window
+from spkrec.daemon.pipeline.windowing import VoicedTail, Window
 from spkrec.models.scoring import UNKNOWN, cosine_scores
 
 Embed = Callable[[np.ndarray], np.ndarray]  # voiced audio -> [D] unit embedding, in one pass
@@ -30,32 +30,25 @@ class VisitTracker:
     def __init__(self, roster: Roster, rate: int, hop_s: float, visit_s: float, every_s: float,
                  max_visit_s: float) -> None:
         self.roster, self.rate = roster, rate
-        self.hop = int(round(hop_s * rate))
-        self.keep = int(round(visit_s * rate))
-        self.every = int(round(every_s * rate))
+        self.tail = VoicedTail(int(round(hop_s * rate)), int(round(visit_s * rate)), int(round(every_s * rate)))
         self.max_visit_s = max_visit_s
         self.attempt = 0
         self._reset()
 
     def _reset(self) -> None:
-        self.audio = np.zeros(0, np.float32)  # the last ``visit_s`` of the visit's voiced audio
-        self.voiced = 0  # voiced samples heard in this visit
-        self.scored_at = 0  # ``voiced`` when the visit was last embedded
+        self.tail.reset()
         self.start: float | None = None
         self.until = 0.0  # stream time of the visit's last window
         self.last: VisitEvent | None = None
 
     def window(self, window: Window, embed: Embed) -> list[Event]:
         """A voiced window: its new voiced audio joins the visit, scored when enough has come."""
-        if self.start is None:  # a new visit takes the whole window; later ones add their last hop
-            self.start, self.attempt, new = window.start, self.attempt + 1, window.samples[window.voiced_mask]
-        else:
-            new = window.samples[-self.hop:][window.voiced_mask[-self.hop:]]
-        self.audio = np.concatenate([self.audio, new])[-self.keep:]
+        if self.start is None:
+            self.start, self.attempt = window.start, self.attempt + 1
+        self.tail.add(window)
         self.until = window.end
-        self.voiced += new.size
         events: list[Event] = []
-        if self.voiced - self.scored_at >= self.every:
+        if self.tail.due():
             events.append(self._score(window.end, embed))
         if window.end - self.start >= self.max_visit_s:
             events += self._finish(window.end, embed)
@@ -70,8 +63,8 @@ class VisitTracker:
         return self._finish(self.until, embed) if self.start is not None else []
 
     def _finish(self, end: float, embed: Embed) -> list[Event]:
-        if self.voiced > self.scored_at or self.last is None:
-            final = self._score(end, embed, final=True) if self.voiced else None
+        if self.tail.voiced > self.tail.marked or self.last is None:
+            final = self._score(end, embed, final=True) if self.tail.voiced else None
         else:
             final = dataclasses.replace(self.last, final=True)
         self._reset()
@@ -79,10 +72,11 @@ class VisitTracker:
 
     def _score(self, end: float, embed: Embed, final: bool = False) -> VisitEvent:
         labels, prints = self.roster()
-        scores = cosine_scores(embed(self.audio), prints) if len(labels) else np.zeros(0)
+        scores = cosine_scores(embed(self.tail.audio), prints) if len(labels) else np.zeros(0)
         order = np.argsort(-scores)
         label, score = (labels[order[0]], float(scores[order[0]])) if len(order) else (UNKNOWN, -1.0)
         runner_up = float(scores[order[1]]) if len(order) > 1 else -1.0
-        self.scored_at = self.voiced
-        self.last = VisitEvent(self.start, end, label, score, runner_up, self.voiced / self.rate, final, self.attempt)
+        self.tail.mark()
+        self.last = VisitEvent(self.start, end, label, score, runner_up, self.tail.voiced / self.rate, final,
+                               self.attempt)
         return self.last

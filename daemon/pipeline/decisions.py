@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from spkrec.daemon.pipeline.events import SilenceEvent, SpeakerEvent
-from spkrec.daemon.pipeline.windowing import Window
+from spkrec.daemon.pipeline.windowing import VoicedTail, Window
 from spkrec.models.scoring import Decision, cosine_scores, decide
 
 # (labels, prototypes): who can be recognised right now. A callable, so that speakers
@@ -81,14 +81,12 @@ class TurnDecider(Decider):
                  every_s: float = 1.0, keep_s: float = 8.0, change_windows: int = 1) -> None:
         super().__init__(roster, settings, point)
         self.embed, self.turn_point = embed, turn_point
-        self.rate, self.hop = rate, int(round(hop_s * rate))
-        self.every, self.keep = int(round(every_s * rate)), int(round(keep_s * rate))
+        self.tail = VoicedTail(int(round(hop_s * rate)), int(round(keep_s * rate)), int(round(every_s * rate)))
         self.change_windows = change_windows
         self._new_turn()
 
     def _new_turn(self) -> None:
-        self.audio = np.zeros(0, np.float32)
-        self.voiced = self.scored_at = 0
+        self.tail.reset()
         self.turn: Decision | None = None  # the turn's one-pass decision, once it has one
         self.disagree = 0  # windows in a row whose label is not the turn's
 
@@ -102,15 +100,13 @@ class TurnDecider(Decider):
             self.disagree = self.disagree + 1 if event.label != self.turn.label else 0
             if self.disagree >= self.change_windows:  # another voice: its turn starts with this window
                 self._new_turn()
-        fresh = self.voiced == 0
-        new = window.samples[window.voiced_mask] if fresh else window.samples[-self.hop:][window.voiced_mask[-self.hop:]]
-        self.audio = np.concatenate([self.audio, new])[-self.keep:]
-        self.voiced += new.size
-        if self.voiced - self.scored_at >= self.every:
+        self.tail.add(window)
+        if self.tail.due():
             labels, prototypes = self.roster()
-            self.turn = decide(cosine_scores(self.embed(self.audio), prototypes), labels, self.turn_point(),
+            self.turn = decide(cosine_scores(self.embed(self.tail.audio), prototypes), labels, self.turn_point(),
                                self.settings.margin)
-            self.scored_at, self.disagree = self.voiced, 0
+            self.tail.mark()
+            self.disagree = 0
         if self.turn is None:
             return event
         return dataclasses.replace(event, label=self.turn.label, score=self.turn.score, candidates=self.turn.candidates)

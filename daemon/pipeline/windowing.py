@@ -99,3 +99,32 @@ class Windower:
                       self.voiced.copy(), arrival)]
         self.next_due += ((self.filled - self.next_due) // self.hop + 1) * self.hop
         return out
+
+
+class VoicedTail:
+    """A stretch of voice as the windows bring it (a door's visit, a speaker's turn): the first
+    window's voiced audio, then each later window's new hop of it; the last ``keep`` samples are
+    kept, and ``due`` says when ``every`` new voiced samples have come since the last ``mark``."""
+
+    def __init__(self, hop: int, keep: int, every: int) -> None:
+        self.hop, self.keep, self.every = hop, keep, every
+        self.reset()
+
+    def reset(self) -> None:
+        self.audio = np.zeros(0, np.float32)
+        self.voiced = 0  # voiced samples heard since the reset
+        self.marked = 0  # ``voiced`` at the last mark
+
+    def add(self, window: Window) -> None:
+        if self.voiced == 0:
+            new = window.samples[window.voiced_mask]
+        else:
+            new = window.samples[-self.hop:][window.voiced_mask[-self.hop:]]
+        self.audio = np.concatenate([self.audio, new])[-self.keep:]
+        self.voiced += new.size
+
+    def due(self) -> bool:
+        return self.voiced - self.marked >= self.every
+
+    def mark(self) -> None:
+        self.marked = self.voiced

@@ -26,7 +26,7 @@ TRAIN_MODULES = {"torch", "torchaudio", "torchvision", "matplotlib"}
 COMMANDS = {"identify": ("identify", "run"), "live": ("live", "run"), "label": ("live", "run_label"),
             "devices": ("devices", "run"), "enroll": ("enroll", "run"), "speakers": ("speakers", "run"),
             "verify": ("verify", "run"), "calibrate": ("calibrate", "run"), "config": ("show_config", "run"),
-            "door": ("door_test", "run"), "systemd-unit": ("systemd_unit", "run")}
+            "door": ("door_test", "run"), "systemd-unit": ("systemd_unit", "run"), "scales": ("scales", "run")}
 
 
 def _command(module: str, function: str) -> Handler:
@@ -147,6 +147,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="target share of impostor visits the door grants [calibrate.target_visit_far]")
     p.add_argument("--dry-run", action="store_true", help="report only; do not store the threshold")
     _model_flags(p)
+
+    p = sub.add_parser("scales", parents=[common], help="stamp a model's clustering scales (meetings need them)",
+                       description="Measure the two clustering thresholds meetings use (README, Meetings) with MODEL "
+                                   "on recordings of voices it never trained on, and write them into its metadata. "
+                                   "The graph and fingerprint stay: enrolled voiceprints stay valid.")
+    p.add_argument("model", type=Path, help="a spkrec ONNX model")
+    p.add_argument("--voices", type=Path, required=True, metavar="DIR",
+                   help="one folder per voice (DIR/<voice>/<audio files>), two voices or more, 11 s of speech each")
+    p.add_argument("--out", type=Path, help="where to write the stamped model (default: MODEL, in place)")
 
     p = sub.add_parser("devices", parents=[common], help="list audio input devices",
                        description="List the audio input devices PortAudio sees, with their default sample rates.")

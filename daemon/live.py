@@ -172,11 +172,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
                               Windower(info.sample_rate, window_s, hop_s), decider, state, name=spec.name, demo=demo))
     roster.report = streams[0].emit  # from the pipeline thread, which reads the roster
     namer = Namer(roster, points[0].point.threshold, cfg.stream.smoothing)
-    meeting = _meeting(args, mode, cfg, info, namer, window_s, hop_s, streams[0].source.name)
-    if meeting is not None and not meeting.scales.measured:
-        _notice(streams[0], "the model carries no clustering scales (exported before they existed): meetings "
-                            "cluster on its window eer and split voices more; python -m spkrec.training.scales "
-                            "stamps them", on_screen)
+    meeting = _meeting(args, mode, cfg, info, namer, window_s, hop_s, streams[0].source.name, engine.source)
     duration = sum(getattr(s.source, "duration_s", 0.0) for s in streams)
     shared = _shared_sinks(args, mode, cfg, [s.state for s in streams], points[0].point.threshold, duration, console,
                            logger)
@@ -286,7 +282,7 @@ def door_warnings(door: DoorConfig, roster: Roster, gallery: Gallery | None, fin
 
 
 def _meeting(args: argparse.Namespace, mode: Mode, cfg: Config, info: ModelInfo, namer: Namer, window_s: float,
-             hop_s: float, source_name: str) -> Meeting | None:
+             hop_s: float, source_name: str, model: Path) -> Meeting | None:
     """``spkrec label`` clusters the whole recording when it ends; ``--meeting`` live, as it goes."""
     if mode.decider not in ("live-meeting", "offline-meeting"):
         return None
@@ -295,7 +291,7 @@ def _meeting(args: argparse.Namespace, mode: Mode, cfg: Config, info: ModelInfo,
         rttm.with_suffix(".guests.json") if rttm is not None else None)
     files = [f for f in (getattr(args, "inputs", None) or []) if f != "-"]
     file_id = Path(_split_name(files[0])[1]).stem if files else Path(source_name).stem or "live"
-    scales = Scales.of(info.thresholds)
+    scales = Scales.of(info.thresholds, str(model))
     common = (cfg.meeting, scales, namer, window_s, hop_s, info.fingerprint, rttm, guests, file_id)
     if mode.decider == "offline-meeting":
         return OfflineMeeting(*common)

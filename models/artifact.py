@@ -9,6 +9,8 @@ once, at export, and never repeated by hand downstream.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +141,33 @@ def decode_metadata(meta: Mapping[str, str], source: str | Path = "model") -> Mo
 def info_of(model: Any, source: str | Path = "model") -> ModelInfo:
     """The ModelInfo of a loaded ``onnx.ModelProto`` (export-side tools and the int8 builder)."""
     return decode_metadata({p.key: p.value for p in model.metadata_props}, source)
+
+
+def stamp(model: Any, info: ModelInfo, fingerprint: bool = True) -> ModelInfo:
+    """Fingerprint the graph (weights included) and write the metadata into a loaded
+    ``onnx.ModelProto``; returns the stamped info. A copy of another precision keeps its
+    original's fingerprint (``fingerprint=False``): it computes the same embedding space, so
+    voiceprints enrolled with either serve both. Only the graph is hashed, so restamping the
+    metadata (thresholds, clustering scales) keeps every voiceprint valid."""
+    del model.metadata_props[:]
+    if fingerprint:
+        info = dataclasses.replace(info, fingerprint=hashlib.sha256(model.graph.SerializeToString()).hexdigest()[:16])
+    for key, value in encode_metadata(info).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "spkrec"
+    return info
+
+
+def save_atomically(model: Any, path: Path) -> None:
+    """Write ``model`` beside ``path`` and rename it into place: a reader (a running daemon, a
+    kill in the middle) sees the old file or the new one, never half of one."""
+    import onnx  # export-side only: the daemon reads models through ONNX Runtime
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    onnx.save(model, str(partial))
+    partial.replace(path)
 
 
 def _validate(info: ModelInfo, source: str | Path) -> None:

@@ -23,12 +23,14 @@ large one (a cough, a mixed window at a change of speaker), as pyannote does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from .calibration import verification
+from .errors import ModelError
 from .scoring import normalize
+from .windows import frame_windows
 
 SEGMENT_WINDOWS = 8  # windows in a centroid of `cluster_centroid`: 4.5 s of speech at hop 0.5 s
 SCALE_KEYS = ("cluster_window", "cluster_centroid")
@@ -40,16 +42,18 @@ class Scales:
 
     window: float
     centroid: float
-    measured: bool = True  # False: the model predates them; derived from its ``eer``
 
     @classmethod
-    def of(cls, thresholds: Mapping[str, float]) -> "Scales":
-        """A model's scales; one exported before they existed falls back to its window ``eer``
-        for both (fragments more, and says so where it is used)."""
-        if all(k in thresholds for k in SCALE_KEYS):
-            return cls(float(thresholds["cluster_window"]), float(thresholds["cluster_centroid"]))
-        eer = float(thresholds.get("eer", 0.5))
-        return cls(eer, eer, measured=False)
+    def of(cls, thresholds: Mapping[str, float], source: str = "the model") -> "Scales":
+        """A model's scales. A model without them is refused: no threshold that stands in for
+        them fits every encoder (a window ``eer`` merged four voices of an encoder whose cosines
+        run high into one guest), and `spkrec scales` stamps them in a minute."""
+        missing = [k for k in SCALE_KEYS if k not in thresholds]
+        if missing:
+            raise ModelError(f"{source} carries no clustering scales, which meetings need: stamp them with "
+                             f"`spkrec scales {source} --voices DIR` (DIR/<voice>/<files>, voices it never trained "
+                             "on; README, Meetings)")
+        return cls(float(thresholds["cluster_window"]), float(thresholds["cluster_centroid"]))
 
     def threshold(self, size: "int | np.ndarray") -> "float | np.ndarray":
         """The merge threshold for two clusters, the smaller of which has ``size`` windows: the
@@ -64,6 +68,18 @@ def _segments(windows: np.ndarray) -> list[np.ndarray]:
     step = SEGMENT_WINDOWS + 3  # 3 hops apart: two segments share no audio (2-s windows, hop 0.5 s)
     return [normalize(windows[i:i + SEGMENT_WINDOWS].mean(axis=0))
             for i in range(0, len(windows) - SEGMENT_WINDOWS + 1, step)]
+
+
+def voice_windows(embed: Callable[[np.ndarray], np.ndarray], voices: Mapping[str, Iterable[np.ndarray]],
+                  window: int, hop: int) -> dict[str, np.ndarray]:
+    """Window embeddings at ``hop`` of each voice's recordings, in order: what measure_scales takes."""
+    out = {}
+    for voice, recordings in voices.items():
+        windows = [frame_windows(audio, window, hop) for audio in recordings if audio.size >= window]
+        parts = [embed(w[i:i + 16]) for w in windows for i in range(0, len(w), 16)]
+        if parts:
+            out[voice] = np.concatenate(parts)
+    return out
 
 
 def measure_scales(per_voice: Mapping[str, np.ndarray]) -> dict[str, float]:

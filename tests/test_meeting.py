@@ -21,7 +21,7 @@ from spkrec.models.clustering import Scales, cluster, measure_scales
 from spkrec.daemon.meeting.config import MeetingConfig
 from spkrec.models.audio import AudioTally
 from spkrec.models.config import from_dict
-from spkrec.models.errors import ConfigError
+from spkrec.models.errors import ConfigError, ModelError
 from spkrec.models.private import readable_by_others
 from spkrec.models.scoring import normalize
 from spkrec.models.segmentation import FRAME_S, Frame, TurnBuilder, WindowRecord, frames
@@ -43,16 +43,16 @@ def _scales(rng) -> Scales:
     return Scales(**{k.split("_")[1]: v for k, v in measure_scales(held_out).items()})
 
 
-def test_scales_are_measured_per_size_and_old_models_fall_back():
+def test_scales_are_measured_per_size_and_a_model_without_them_is_refused():
     rng = np.random.default_rng(0)
     held_out = {f"v{i}": _windows(rng, v, 30) for i, v in enumerate(_voices(rng, 12))}
     scales = measure_scales(held_out)
     # a centroid of many windows is a cleaner sample of a voice than one window: its scale is higher
     assert set(scales) == {"cluster_window", "cluster_centroid"}
     assert scales["cluster_window"] < scales["cluster_centroid"]
-    assert Scales.of({"eer": 0.4, **scales}).measured
-    old = Scales.of({"eer": 0.4})
-    assert not old.measured and old.window == old.centroid == 0.4
+    assert Scales.of({"eer": 0.4, **scales}) == Scales(scales["cluster_window"], scales["cluster_centroid"])
+    with pytest.raises(ModelError, match="spkrec scales old.onnx --voices DIR"):
+        Scales.of({"eer": 0.4, "cluster_window": 0.3}, "old.onnx")
     with pytest.raises(ValueError):
         measure_scales({"only": held_out["v0"]})
 
@@ -423,29 +423,33 @@ def test_live_meeting_through_the_virtual_microphone_agrees_with_offline(meeting
     assert lags and max(lags) < 2.0 + 1.0 + 0.5 + 0.5, lags  # window + max_pause_s + min_turn_s + a hop
 
 
-def test_clustering_scales_are_stamped_into_a_model_without_changing_its_voiceprints(base_model, tmp_path):
-    """`python -m spkrec.training.scales`: the scales measured on recordings go into the metadata;
-    the graph, and so the fingerprint enrolled voiceprints are tied to, stay the same."""
-    import subprocess
-    import sys
+def _voices_dir(root, whos=("1688", "2033", "3331"), n=2):
+    """DIR/<voice>/<files>: what `spkrec scales --voices` takes (links to the shared recordings)."""
+    for who in whos:
+        (root / who).mkdir(parents=True)
+        for f in speaker_files(who)[:n]:
+            (root / who / f.name).symlink_to(f)
+    return root
 
+
+def test_clustering_scales_are_stamped_into_a_model_without_changing_its_voiceprints(base_model, tmp_path):
+    """`spkrec scales MODEL --voices DIR`: the scales measured on a folder of voices go into the
+    metadata; the graph, and so the fingerprint enrolled voiceprints are tied to, stay the same."""
     from spkrec.models.engine import Engine
 
     out = tmp_path / "stamped.onnx"
-    voices = [str(f) for who in ("1688", "2033", "3331") for f in speaker_files(who)[:2]]
-    done = subprocess.run([sys.executable, "-m", "spkrec.training.scales", str(base_model), "--voices", *voices,
-                           "--out", str(out)], capture_output=True, text=True)
+    done = spkrec("scales", str(base_model), "--voices", str(_voices_dir(tmp_path / "voices")), "--out", str(out))
     assert done.returncode == 0, done.stderr
     before, after = Engine(base_model, "cpu").info, Engine(out, "cpu").info
     assert after.fingerprint == before.fingerprint
     assert {k: after.thresholds[k] for k in ("eer", "far1")} == {k: before.thresholds[k] for k in ("eer", "far1")}
     scales = Scales.of(after.thresholds)
-    assert scales.measured and -1 < scales.window < scales.centroid < 1
+    assert -1 < scales.window < scales.centroid < 1
     assert after.training["clustering_scales"]["measured_on"] == ["1688", "2033", "3331"]
 
 
-def test_a_model_without_clustering_scales_still_labels_and_says_why_it_may_split(base_model, tmp_path):
-    """A model exported before the scales existed falls back to its window eer, with a warning."""
+def _unstamped(base_model, path):
+    """The base model with its clustering scales taken out: a model exported before they existed."""
     import onnx
 
     from spkrec.models.artifact import decode_metadata
@@ -456,12 +460,39 @@ def test_a_model_without_clustering_scales_still_labels_and_says_why_it_may_spli
     for prop in model.metadata_props:
         if prop.key == "spkrec.thresholds":
             prop.value = json.dumps(old)
-    onnx.save(model, str(tmp_path / "old.onnx"))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_without_clustering_scales_is_refused_for_meetings_until_stamped(base_model, tmp_path):
+    """Meetings refuse a model without scales in one line that says how to stamp them (a stand-in
+    merged four voices into one guest); once stamped, the same file labels the recording."""
+    old = _unstamped(base_model, tmp_path / "old.onnx")
     wav = tmp_path / "two.wav"
     conversation.assemble([(speaker_files("1688")[0], "a"), (speaker_files("2033")[0], "b")], wav, gap_s=1.0)
-    done = spkrec("label", str(wav), "--rttm", str(tmp_path / "two.rttm"), "--model", str(tmp_path / "old.onnx"))
+    rttm = tmp_path / "two.rttm"
+    done = spkrec("label", str(wav), "--rttm", str(rttm), "--model", str(old))
+    assert done.returncode == 2 and not rttm.exists(), done.stderr
+    assert done.stderr.count("\n") == 1 and "carries no clustering scales" in done.stderr
+    assert f"spkrec scales {old} --voices DIR" in done.stderr and "Traceback" not in done.stderr
+    stamped = spkrec("scales", str(old), "--voices", str(_voices_dir(tmp_path / "voices")))
+    assert stamped.returncode == 0, stamped.stderr
+    done = spkrec("label", str(wav), "--rttm", str(rttm), "--model", str(old))
     assert done.returncode == 0, done.stderr
-    assert "no clustering scales" in done.stderr and (tmp_path / "two.rttm").read_text().strip()
+    assert rttm.read_text().strip()
+
+
+@pytest.mark.parametrize("voices", ["file", "one-voice", "missing"])
+def test_the_scales_tool_refuses_what_is_not_a_folder_of_voices_in_one_line(base_model, tmp_path, voices):
+    """A file, a folder with one voice, or a missing path: one line, exit 2, the model untouched."""
+    model = _unstamped(base_model, tmp_path / "old.onnx")
+    before = model.read_bytes()
+    arg = {"file": str(speaker_files("1688")[0]), "missing": str(tmp_path / "nope"),
+           "one-voice": str(_voices_dir(tmp_path / "voices", whos=("1688",)))}[voices]
+    done = spkrec("scales", str(model), "--voices", arg)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--voices" in done.stderr and "Traceback" not in done.stderr
+    assert model.read_bytes() == before
 
 
 def test_the_no_ui_log_shows_turns_and_relabels():

@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from spkrec.models import __version__
-from spkrec.models.artifact import ModelInfo
+from spkrec.models.artifact import ModelInfo, save_atomically, stamp
 from spkrec.models.calibration import verification
 from spkrec.models.clustering import measure_scales
 from spkrec.models.engine import Engine
@@ -39,7 +39,7 @@ from spkrec.models.scoring import mean_embedding, normalize
 from spkrec.models.windows import fit_length, frame_windows
 
 from .basemodel import Recipe, build, load_speakers, read_index
-from .export import _save_atomically, _stamp, export_onnx
+from .export import export_onnx
 from .network import SpeakerNet
 
 MIN_COSINE_TO_FP32 = 0.999
@@ -185,8 +185,8 @@ def export_base(weights: Path, corpus: Path, out: Path, log=print) -> ModelInfo:
         full = Path(tmp) / "fp32.onnx"
         export_onnx(Encoder(net), info, full)
         model = fp16_storage(onnx.load(str(full)))
-    info = _stamp(model, info)
-    _save_atomically(model, out)
+    info = stamp(model, info)
+    save_atomically(model, out)
     cosine = check_against_torch(net, out, held_out)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB), fingerprint {info.fingerprint}, "
         f"lowest cosine to float32 {cosine:.5f}")

@@ -8,8 +8,6 @@ tolerance fails rather than ship a model that serves something other than what w
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ import numpy as np
 import onnx
 import torch
 
-from spkrec.models.artifact import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, ModelInfo, encode_metadata
+from spkrec.models.artifact import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, ModelInfo, save_atomically, stamp
 from spkrec.models.engine import Engine
 from spkrec.models.errors import ModelError
 
@@ -26,27 +24,6 @@ from .network import HalfPrecision, SpeakerNet
 
 PARITY_TOLERANCE = 1e-3
 OPSET = 17
-
-
-def _stamp(model: onnx.ModelProto, info: ModelInfo, fingerprint: bool = True) -> ModelInfo:
-    """Fingerprint the graph (weights included) and write the metadata into the model. A copy of
-    another precision keeps its original's fingerprint (``fingerprint=False``): it computes the
-    same embedding space, so voiceprints enrolled with either serve both."""
-    del model.metadata_props[:]
-    if fingerprint:
-        info = dataclasses.replace(info, fingerprint=hashlib.sha256(model.graph.SerializeToString()).hexdigest()[:16])
-    for key, value in encode_metadata(info).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    model.producer_name = "spkrec"
-    return info
-
-
-def _save_atomically(model: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    onnx.save(model, str(partial))
-    partial.replace(path)
 
 
 def export_onnx(net: SpeakerNet | HalfPrecision, info: ModelInfo, path: Path, copy_of: bool = False) -> ModelInfo:
@@ -62,8 +39,8 @@ def export_onnx(net: SpeakerNet | HalfPrecision, info: ModelInfo, path: Path, co
             dynamic_axes={INPUT_NAME: {0: "batch", 1: "samples"}, EMBEDDING_OUTPUT: {0: "batch"}, LOGITS_OUTPUT: {0: "batch"}},
         )
         model = onnx.load(str(raw))
-    info = _stamp(model, info, fingerprint=not copy_of)
-    _save_atomically(model, path)
+    info = stamp(model, info, fingerprint=not copy_of)
+    save_atomically(model, path)
     return info
 
 

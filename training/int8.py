@@ -20,13 +20,12 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from spkrec.models.artifact import INPUT_NAME, ModelInfo, info_of
+from spkrec.models.artifact import INPUT_NAME, ModelInfo, info_of, save_atomically, stamp
 from spkrec.models.audio import load_audio
 from spkrec.models.errors import ModelError
 from spkrec.models.quantize import OP_TYPES, PORTABLE_RECIPE, excluded_nodes, float_initializers, quantize_static_int8
 from spkrec.models.windows import frame_windows
 
-from .export import _save_atomically, _stamp
 
 BATCH = 8
 MAX_WINDOWS = 400  # the shipped base model's calibration: 13 minutes of speech from 100 voices
@@ -75,8 +74,8 @@ def stamp_ranges(model_path: Path, windows: np.ndarray, out: Path | None = None)
     info = info_of(model, model_path)
     ranges = measure_ranges(model_path, windows)
     training = {**info.training, "int8_calibration": {"windows": len(windows), "tensors": len(ranges)}}
-    info = _stamp(model, dataclasses.replace(info, int8_ranges=ranges, training=training))
-    _save_atomically(model, out or model_path)
+    info = stamp(model, dataclasses.replace(info, int8_ranges=ranges, training=training))
+    save_atomically(model, out or model_path)
     return info
 
 
@@ -90,8 +89,8 @@ def quantize_copy(src: Path, dst: Path, windows: Callable[[], np.ndarray]) -> Mo
     ranges = info.int8_ranges or measure_ranges(src, windows())
     quantize_static_int8(src, dst, ranges, PORTABLE_RECIPE)
     quantized = onnx.load(str(dst))
-    info = _stamp(quantized, dataclasses.replace(info, precision="int8", int8_ranges=ranges), fingerprint=False)
-    _save_atomically(quantized, dst)
+    info = stamp(quantized, dataclasses.replace(info, precision="int8", int8_ranges=ranges), fingerprint=False)
+    save_atomically(quantized, dst)
     return info
 
 

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from spkrec.models import __version__
 from spkrec.models.artifact import ModelInfo
-from spkrec.models.clustering import measure_scales
+from spkrec.models.clustering import measure_scales, voice_windows
 from spkrec.models.config import Config
 from spkrec.models.errors import DataError
 from spkrec.models.scoring import normalize
@@ -39,7 +39,6 @@ from .features import SpecAugment
 from .int8 import RUN_WINDOWS, stamp_ranges, windows_of
 from .loader import RunBatches, auto_workers, batch_loader
 from .network import MarginLoss, SpeakerNet
-from .scales import voice_windows
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -19,7 +19,7 @@ class DoorConfig:
     timeout_s: float = option(5.0, lo=0.1, hi=600.0)
     cooldown_s: float = option(10.0, lo=0.0, hi=86400.0)
     audit_log: str = option("")
-    min_voiced_s: float = option(1.5, lo=0.0, hi=60.0)
+    min_voiced_s: float = option(1.0, lo=0.0, hi=60.0)
     visit_s: float = option(8.0, lo=2.0, hi=30.0)
     every_s: float = option(1.0, lo=0.25, hi=10.0)
     max_visit_s: float = option(20.0, lo=2.0, hi=600.0)

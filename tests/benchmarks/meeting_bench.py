@@ -77,7 +77,6 @@ from live_bench import machine  # noqa: E402
 from verification_bench import ENROLLED, ENROLL_FILES, held_out_voices, run_facts, voice_split  # noqa: E402
 
 from spkrec.models.audio import load_audio  # noqa: E402
-from spkrec.models.clustering import measure_scales  # noqa: E402
 from spkrec.models.engine import Engine  # noqa: E402
 from spkrec.training.basecorpus import _ascii_id, _pyannote_tests, _read_rttm, _wav_for  # noqa: E402
 
@@ -314,7 +313,7 @@ def main() -> None:
     if not args.no_reference:
         from reference_encoder import build
 
-        encoders["resemblyzer (reference)"] = str(build(args.reference_out, extra_thresholds=measure_scales))
+        encoders["resemblyzer (reference)"] = str(build(args.reference_out))
     infos = {name: Engine(path, "cpu").info for name, path in encoders.items()}
     held_out = held_out_voices(ours) if args.model is not None else []
     impostors = voice_split(held_out)[1]

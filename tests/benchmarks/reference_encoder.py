@@ -51,21 +51,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spkrec.models.artifact import ModelInfo, decode_metadata
+from spkrec.models.artifact import ModelInfo, decode_metadata, save_atomically, stamp
 from spkrec.models.audio import load_audio
 from spkrec.models.clustering import measure_scales
 from spkrec.models.engine import Engine
 from spkrec.models.errors import ModelError
 from spkrec.models.windows import fit_length, frame_windows
 from spkrec.training.baseexport import calibrate, consistency_threshold
-from spkrec.training.export import _save_atomically, _stamp, export_onnx, speed_ms
+from spkrec.training.export import export_onnx, speed_ms
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 VOICES = DATA / "librispeech-train-clean-100"
 PARITY_VOICES = DATA / "librispeech-test-other"
 DEFAULT_OUT = Path("/tmp/resemblyzer-spkrec.onnx")
-BUILDER = 1  # bump when the graph or calibration changes: older files are then rebuilt
+BUILDER = 2  # bump when the graph or calibration changes: older files are then rebuilt
 
 RATE, WINDOW_S, HOP_S, DIM = 16000, 2.0, 0.5, 256
 N_FFT, FRAME_HOP, N_MELS = 400, 160, 40
@@ -74,8 +74,6 @@ PARTIAL_STEP = int(np.round(RATE / 1.3 / FRAME_HOP))  # 77 frames, as compute_pa
 MIN_COVERED = int(0.75 * PARTIAL_FRAMES * FRAME_HOP)  # 19200 samples: a last partial needs 75 % real audio
 TARGET_RMS = 10 ** (-30 / 20)  # -30 dBFS
 MIN_PARITY_COSINE = 0.99
-
-ExtraThresholds = Callable[[dict[str, np.ndarray]], dict]
 
 
 class GE2E(nn.Module):
@@ -121,13 +119,9 @@ def weights_digest() -> str:
     return hashlib.sha256((Path(resemblyzer.__file__).parent / "pretrained.pt").read_bytes()).hexdigest()[:16]
 
 
-def _name(extra: ExtraThresholds | None) -> str:
-    return "" if extra is None else f"{extra.__module__}.{extra.__qualname__}"
-
-
-def is_current(out: Path, voices_dir: Path = VOICES, extra_thresholds: ExtraThresholds | None = None) -> bool:
-    """True when ``out`` is a file this builder made from the same weights, voices and extra
-    thresholds, and its graph still hashes to its fingerprint."""
+def is_current(out: Path, voices_dir: Path = VOICES) -> bool:
+    """True when ``out`` is a file this builder made from the same weights and voices, and its
+    graph still hashes to its fingerprint."""
     if not out.is_file():
         return False
     try:
@@ -138,7 +132,7 @@ def is_current(out: Path, voices_dir: Path = VOICES, extra_thresholds: ExtraThre
     graph = hashlib.sha256(model.graph.SerializeToString()).hexdigest()[:16]
     t = info.training
     return (graph == info.fingerprint and t.get("builder") == BUILDER and t.get("weights_sha256") == weights_digest()
-            and t.get("calibration_voices") == voices_dir.name and t.get("extra_thresholds", "") == _name(extra_thresholds))
+            and t.get("calibration_voices") == voices_dir.name)
 
 
 def voice_windows(voices_dir: Path) -> dict[str, np.ndarray]:
@@ -177,19 +171,19 @@ def check_parity(path: Path) -> tuple[float, float]:
     return low, mean
 
 
-def build(out: Path = DEFAULT_OUT, voices_dir: Path = VOICES, extra_thresholds: ExtraThresholds | None = None,
-          force: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Export, check against Resemblyzer, calibrate on ``voices_dir`` and write ``out``
-    (reused as is when it is current and not ``force``). ``extra_thresholds`` receives the
-    voices' window embeddings {voice: [n_windows, 256]} and returns more thresholds to stamp."""
+def build(out: Path = DEFAULT_OUT, voices_dir: Path = VOICES, force: bool = False,
+          log: Callable[[str], None] = print) -> Path:
+    """Export, check against Resemblyzer, calibrate on ``voices_dir`` (thresholds and clustering
+    scales: meetings refuse a model without them) and write ``out`` (reused as is when it is
+    current and not ``force``)."""
     out = Path(out)
-    if not force and is_current(out, voices_dir, extra_thresholds):
+    if not force and is_current(out, voices_dir):
         log(f"{out} is current (builder {BUILDER}, same weights and voices): reused; --force rebuilds")
         return out
     started = time.perf_counter()
     training = {"kind": "reference encoder", "source": "Resemblyzer 0.1.4 GE2E (benchmark reference, not shipped)",
                 "licence": "Apache-2.0", "calibration_voices": voices_dir.name, "builder": BUILDER,
-                "weights_sha256": weights_digest(), "extra_thresholds": _name(extra_thresholds),
+                "weights_sha256": weights_digest(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     info = ModelInfo(sample_rate=RATE, window_s=WINDOW_S, hop_s=HOP_S, embedding_dim=DIM, labels=(),
                      prototypes=np.zeros((0, DIM), np.float32), thresholds={}, fingerprint="",
@@ -207,12 +201,12 @@ def build(out: Path = DEFAULT_OUT, voices_dir: Path = VOICES, extra_thresholds: 
     cal = calibrate(per_voice)
     consistency, consistency_report = consistency_threshold(per_voice)
     thresholds = {"eer": cal["eer"], "far1": cal["far1"], "consistency": consistency}
-    thresholds.update(extra_thresholds(per_voice) if extra_thresholds else {})
+    thresholds.update(measure_scales(per_voice))
     training["validation"] = {"window_vs_voiceprint_eer": cal["window_eer"], "targets": cal["targets"],
                               "nontargets": cal["nontargets"], "consistency": consistency_report,
                               "parity_cosine_min": low, "parity_cosine_mean": mean}
-    info = _stamp(model, dataclasses.replace(info, thresholds=thresholds, training=training))
-    _save_atomically(model, out)
+    info = stamp(model, dataclasses.replace(info, thresholds=thresholds, training=training))
+    save_atomically(model, out)
     log(f"{len(per_voice)} {voices_dir.name} voices, {sum(map(len, per_voice.values()))} windows: "
         f"window EER {cal['window_eer']:.2%}; thresholds {json.dumps(thresholds)}")
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fingerprint {info.fingerprint}) "
@@ -226,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--voices", type=Path, default=VOICES, help="calibration voices: one folder of .flac per voice")
     parser.add_argument("--force", action="store_true", help="rebuild even when --out is current")
     args = parser.parse_args(argv)
-    build(args.out, args.voices, extra_thresholds=measure_scales, force=args.force)
+    build(args.out, args.voices, force=args.force)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def test_grants_an_authorised_visit_and_refuses_others_once_each(tmp_path):
     door, emitted = _door(tmp_path, command=hook)
     attempt = next(_attempts)
     door.handle(VisitEvent(0.0, 1.0, "alice", 0.9, 0.1, 0.9, False, attempt))
-    assert emitted == []  # 0.9 s of voice is not enough (min_voiced_s 1.5), however high the score
+    assert emitted == []  # 0.9 s of voice is not enough (min_voiced_s 1.0), however high the score
     door.handle(VisitEvent(0.0, 2.0, "alice", 0.45, 0.1, 1.7, False, attempt))
     assert emitted == []  # enough voice, below the door threshold
     door.handle(VisitEvent(0.0, 3.0, "alice", 0.7, 0.1, 2.5, False, attempt))

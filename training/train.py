@@ -402,8 +402,8 @@ def center(net: SpeakerNet, embedded: list[Embedded]) -> list[Embedded]:
 
 def _clustering_scales(embed, clips: list[datasets.Clip], window: int, hop: int) -> dict[str, float]:
     """Meeting mode's two clustering thresholds (models.clustering), measured on the run's
-    voices; none when they have too little audio (the daemon then falls back to ``eer`` and
-    says so)."""
+    voices; none when they have too little audio (meetings then refuse the model until
+    `spkrec scales` stamps them, and the export says so)."""
     voices: dict[str, list[np.ndarray]] = {}
     for clip in clips:
         voices.setdefault(clip.label, []).append(clip.samples)
@@ -432,8 +432,11 @@ def finish(net: SpeakerNet, device: torch.device, run_dir: Path, cfg: Config, la
         calibration_set = "training (no validation files)"
         metrics["thresholds"] = evaluate(train_embedded, labels, protos)["thresholds"]  # >= 2 speakers: always set
     with console.status("measuring clustering scales for meeting mode ..."):
-        metrics["thresholds"].update(_clustering_scales(embed, val_clips or train_clips, window,
-                                                        int(round(t.hop_s * t.sample_rate))))
+        scales = _clustering_scales(embed, val_clips or train_clips, window, int(round(t.hop_s * t.sample_rate)))
+    metrics["thresholds"].update(scales)
+    if not scales:
+        console.print("[yellow]too little audio per voice to measure the clustering scales (two voices with 11 s "
+                      "each): meetings refuse this model until `spkrec scales MODEL --voices DIR` stamps them[/]")
     metrics.update(pretrained=source, calibrated_on=calibration_set, history=history,
                    processes={"world_size": group.world_size, "backend": group.backend or "none", "device": str(device)},
                    recipe={k: v for k, v in dataclasses.asdict(t).items() if k != "augment"},

@@ -70,6 +70,26 @@ def _segments(windows: np.ndarray) -> list[np.ndarray]:
             for i in range(0, len(windows) - SEGMENT_WINDOWS + 1, step)]
 
 
+def two_parts(embeddings: np.ndarray, iterations: int = 20) -> tuple[float, float]:
+    """Split window embeddings in two (spherical 2-means, started from the sign of the first
+    principal direction); returns the smaller part's share of the windows and the cosine of the
+    two parts' centroids. One voice recorded in several sessions splits by session into parts
+    that still agree like two stretches of one voice; two voices split into parts that do not."""
+    e = normalize(embeddings)
+    centred = e - e.mean(axis=0)
+    labels = (centred @ np.linalg.svd(centred, full_matrices=False)[2][0] > 0).astype(int)
+    for _ in range(iterations + 1):
+        if labels.min() == labels.max():
+            return 0.0, 1.0
+        centroids = normalize(np.stack([e[labels == j].mean(axis=0) for j in (0, 1)]))
+        nearest = np.argmax(e @ centroids.T, axis=1)
+        if np.array_equal(nearest, labels):
+            break
+        labels = nearest
+    share = float(labels.mean())
+    return min(share, 1.0 - share), float(centroids[0] @ centroids[1])
+
+
 def voice_windows(embed: Callable[[np.ndarray], np.ndarray], voices: Mapping[str, Iterable[np.ndarray]],
                   window: int, hop: int) -> dict[str, np.ndarray]:
     """Window embeddings at ``hop`` of each voice's recordings, in order: what measure_scales takes."""

@@ -102,7 +102,7 @@ class EnrollConfig:
     min_voiced_s: float = option(20.0, lo=1.0, hi=3600.0)
     max_clipped: float = option(0.001, lo=0.0, hi=1.0)
     min_level_db: float = option(-45.0, lo=-120.0, hi=0.0)
-    min_consistency: float = option(0.0, lo=-1.0, hi=1.0)
+    same_voice_cosine: float = option(0.0, lo=-1.0, hi=1.0)
 
 
 @dataclass
@@ -114,7 +114,9 @@ class PathsConfig:
 # own sections (entry-point group ``spkrec.config``) follow, then ``[inputs]``.
 CORE = (Section("model", ModelConfig), Section("audio", AudioConfig), Section("vad", VadConfig),
         Section("stream", StreamConfig), Section("decision", DecisionConfig), Section("ui", UiConfig),
-        Section("gallery", GalleryConfig), Section("enroll", EnrollConfig), Section("calibrate", CalibrateConfig),
+        Section("gallery", GalleryConfig), Section("enroll", EnrollConfig, gone={
+            "enroll.min_consistency": "the one-voice check splits the windows in two now; its bar is "
+                                      "enroll.same_voice_cosine (0 = the model's own)"}), Section("calibrate", CalibrateConfig),
         Section("paths", PathsConfig))
 
 

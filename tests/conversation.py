@@ -74,3 +74,19 @@ def turn_labels(events: list[dict], turns, offset: float = 0.0) -> list[str]:
         # process's hash seed and made the same events read differently from one run to the next)
         labels.append(max(sorted(set(inside)), key=inside.count) if inside else "")
     return labels
+
+
+def channel(audio: np.ndarray, rng: np.random.Generator, rate: int = 16000) -> np.ndarray:
+    """One session's room and microphone: reverberation, a band limit, a gain and noise."""
+    rt60 = rng.uniform(0.2, 0.7)
+    n = int(rt60 * rate)
+    impulse = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / n)
+    impulse[0] = 1.0 / rng.uniform(0.3, 1.0)  # the direct path, stronger the nearer the talker
+    wet = np.convolve(audio, impulse / np.linalg.norm(impulse))[:audio.size]
+    taps = int(rng.integers(1, 6))  # a moving average: 1 = full band, 5 = about 3 kHz
+    wet = np.convolve(wet, np.ones(taps) / taps, mode="same")
+    wet = wet - np.convolve(wet, np.ones(160) / 160, mode="same") * rng.uniform(0.0, 1.0)  # a weak or strong high-pass
+    wet *= rng.uniform(0.3, 1.0) * 0.25 / max(float(np.sqrt(np.mean(wet ** 2))), 1e-6) / 4
+    snr = rng.uniform(15, 30)
+    noise = rng.standard_normal(wet.size) * np.sqrt(np.mean(wet ** 2)) / 10 ** (snr / 20)
+    return np.clip(wet + noise, -1, 1).astype(np.float32)

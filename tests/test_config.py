@@ -151,3 +151,14 @@ def test_a_parts_section_is_validated_like_the_core_and_per_input_where_it_allow
         mine.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
             load_config(mine)
+
+
+def test_the_old_one_voice_bar_is_gone_with_a_pointer_to_the_new_one(tmp_path):
+    """`[enroll] min_consistency` measured something the check no longer computes: a config that
+    still sets it is refused in one line naming the key that replaced it, not silently ignored."""
+    mine = tmp_path / "mine.toml"
+    mine.write_text("[enroll]\nmin_consistency = 0.3\n")
+    with pytest.raises(ConfigError, match=r"'enroll.min_consistency' is gone.*enroll.same_voice_cosine"):
+        load_config(mine)
+    mine.write_text("[enroll]\nsame_voice_cosine = 0.5\n")
+    assert load_config(mine).enroll.same_voice_cosine == 0.5

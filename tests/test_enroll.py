@@ -74,3 +74,31 @@ def test_export_import_between_galleries(tmp_path, trained_run):
     done = spkrec("speakers", "import", str(tmp_path / "g.json"), "--config", str(other), check=True)
     assert "imported 1 speakers" in done.stdout
     assert Gallery(tmp_path / "other.sqlite").get("alice").windows == Gallery(tmp_path / "gallery.sqlite").get("alice").windows
+
+
+def test_one_voice_across_sessions_is_enrolled_and_two_voices_are_refused(tmp_path, base_model):
+    """The one-voice check splits the enrollment's windows in two and asks whether the parts agree
+    like one voice. One voice from two sessions (three recordings as they are, three through
+    another room and microphone) is enrolled: the old check (5th percentile of window agreement
+    below the model's `consistency`) refused it at 0.33 < 0.38. Two voices in one enrollment
+    (three recordings each) are refused: the old check let them through at 0.50."""
+    import soundfile as sf
+
+    from conversation import channel
+    from spkrec.models.audio import load_audio
+
+    config = tmp_path / "config.toml"
+    config.write_text(f"[gallery]\npath = \"{tmp_path / 'gallery.sqlite'}\"\n")
+    args = ["--config", str(config), "--model", str(base_model)]
+    rng = np.random.default_rng(2)
+    other_room = []
+    for i, path in enumerate(_files("3080")[3:6]):
+        out = tmp_path / f"other-room-{i}.wav"
+        sf.write(out, channel(load_audio(path, 16000), rng), 16000)
+        other_room.append(str(out))
+    sessions = spkrec("enroll", "carol", "--input", *_files("3080")[:3], *other_room, *args)
+    assert sessions.returncode == 0, sessions.stderr
+    mixed = spkrec("enroll", "dave", "--input", *_files("2414")[:3], *_files("3080")[:3], *args)
+    assert mixed.returncode == 2 and mixed.stderr.count("\n") == 1, mixed.stderr
+    assert "sound like two voices" in mixed.stderr and "enroll one speaker at a time" in mixed.stderr
+    assert [s.name for s in Gallery(tmp_path / "gallery.sqlite").speakers()] == ["carol"]

@@ -17,12 +17,12 @@ from spkrec.daemon.commands.common import engine_for
 from spkrec.daemon.pipeline.vad import Vad
 from spkrec.models.config import Config, EnrollConfig, VadConfig
 from spkrec.models.audio import FULL_SCALE, dbfs
+from spkrec.models.clustering import Scales, two_parts
 from spkrec.models.engine import Engine
 from spkrec.models.errors import AudioError
-from spkrec.models.scoring import mean_embedding
 from spkrec.models.windows import frame_windows
 
-FALLBACK_CONSISTENCY = 0.5  # for models exported before they carried a "consistency" threshold
+MIN_PART = 0.1  # the smaller part of a two-voice enrollment: a cough or a door slam is less
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,12 @@ def embed(engine: Engine, sample: Sample) -> np.ndarray:
     return engine.embed_windows(frame_windows(sample.voiced, info.window_samples, info.hop_samples))
 
 
-def min_consistency(checks: EnrollConfig, thresholds: Mapping[str, float]) -> float:
-    """``[enroll] min_consistency``, or (0, the default) the model's own ``consistency``
-    threshold: cosines differ in scale from model to model, so a fixed one cannot fit all."""
-    if checks.min_consistency:
-        return checks.min_consistency
-    return float(thresholds.get("consistency", FALLBACK_CONSISTENCY))
+def same_voice_cosine(checks: EnrollConfig, thresholds: Mapping[str, float]) -> float:
+    """``[enroll] same_voice_cosine``, or (0, the default) the model's own centroid scale:
+    cosines differ in scale from model to model, so a fixed bar cannot fit all."""
+    if checks.same_voice_cosine:
+        return checks.same_voice_cosine
+    return Scales.of(thresholds).centroid
 
 
 def problems(sample: Sample | GuestSample, embeddings: np.ndarray | None, checks: EnrollConfig,
@@ -92,12 +92,11 @@ def problems(sample: Sample | GuestSample, embeddings: np.ndarray | None, checks
     if sample.level_db is not None and sample.level_db < checks.min_level_db:
         found.append(f"the voice is too quiet ({sample.level_db:.0f} dBFS): move closer or raise the gain")
     if embeddings is not None and len(embeddings) > 1:
-        # The 5th percentile, not the minimum: one cough or door slam should not void a session.
-        agreement = float(np.percentile(embeddings @ mean_embedding(embeddings), 5))
-        needed = min_consistency(checks, thresholds or {})
-        if agreement < needed:
-            found.append(f"the recordings do not sound like one voice (window agreement {agreement:.2f} < "
-                         f"{needed:.2f}): enroll one speaker at a time")
+        minor, cosine = two_parts(embeddings)
+        needed = same_voice_cosine(checks, thresholds or {})
+        if minor >= MIN_PART and cosine < needed:
+            found.append(f"the recordings sound like two voices ({minor:.0%} of the speech differs from the rest: "
+                         f"cosine {cosine:.2f} < {needed:.2f}): enroll one speaker at a time")
     return found
 
 

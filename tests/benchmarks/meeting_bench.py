@@ -41,10 +41,9 @@ not split its rows between two versions of the daemon. The JSON says which commi
 
 ``--model PATH`` scores an existing spkrec ONNX model instead of a run folder's. The
 calibration impostors are then verification_bench.py's for that model (without the voices its
-metadata says it never heard, which that benchmark keeps as strangers). Enrollment lowers
-``[enroll] min_consistency`` to 0.2 only when an encoder carries no calibrated ``consistency``
-threshold of its own (then for both); models that do (the shipped base model, the reference)
-use their own (the default 0).
+metadata says it never heard, which that benchmark keeps as strangers). Every encoder enrolls
+at its own one-voice bar (``[enroll] same_voice_cosine = 0``: its ``cluster_centroid``).
+``--precision`` sets ``[model] precision`` for every call (default auto: static int8 on a CPU).
 
     .venv/bin/python tests/benchmarks/meeting_bench.py --run /tmp/bench-run \
         [--out tests/benchmarks/results/meeting.json] [--no-live] [--no-reference]
@@ -296,6 +295,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "tests/benchmarks/results/meeting.json")
     parser.add_argument("--no-live", action="store_true", help="skip the live runs")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference encoder (Resemblyzer)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+                        help="[model] precision for every CLI call (auto = static int8 on the CPU, as installed)")
     parser.add_argument("--reference-out", type=Path, default=REFERENCE_OUT,
                         help=f"the reference encoder's file, built or reused (default {REFERENCE_OUT})")
     args = parser.parse_args()
@@ -317,15 +318,10 @@ def main() -> None:
     infos = {name: Engine(path, "cpu").info for name, path in encoders.items()}
     held_out = held_out_voices(ours) if args.model is not None else []
     impostors = voice_split(held_out)[1]
-    # a model trained on a public corpus without its own calibrated consistency threshold: its windows
-    # of one real voice agree less than the fallback check expects (0.37 at the 5th percentile for 3080
-    # with the 200-voice benchmark model), see README; a model that carries one uses it ([enroll]
-    # min_consistency = 0, the default, means the model's own). One config for both encoders.
-    own_consistency = all("consistency" in (info.thresholds or {}) for info in infos.values())
-    enroll_section = "" if own_consistency else "[enroll]\nmin_consistency = 0.2\n"
     # the gallery path is relative: each encoder runs in its own folder (galleries are per model),
     # so both read the very same config file; training voices are not meeting participants
-    config_text = "[gallery]\npath = \"gallery.sqlite\"\n[decision]\ntrained_speakers = false\n" + enroll_section
+    config_text = (f"[model]\nprecision = \"{args.precision}\"\n[gallery]\npath = \"gallery.sqlite\"\n"
+                   "[decision]\ntrained_speakers = false\n")
     voices = sorted(p.name for p in ENROLLED.iterdir() if p.is_dir())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
@@ -344,9 +340,8 @@ def main() -> None:
                             "window_s": infos[name].window_s, "hop_s": infos[name].hop_s}
                      for name, path in encoders.items()},
         "config": config_text, "collar_s": COLLAR,
-        "min_consistency": ("each model's own (" + ", ".join(f"{n} {i.thresholds['consistency']:.3f}"
-                                                             for n, i in infos.items()) + ")"
-                            if own_consistency else 0.2),
+        "same_voice_cosine": "each model's own (" + ", ".join(f"{n} {i.thresholds['cluster_centroid']:.3f}"
+                                                               for n, i in infos.items()) + ")",
         "calibration_impostors": [v.name for v in impostors],
         "live": not args.no_live, "latency_note": DIART, "meetings": []}
     modes = ["label"] + ([] if args.no_live else ["live"])

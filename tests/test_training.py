@@ -1,6 +1,7 @@
 """Train a small model on real speech through the CLI, export it, and check the artifact."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,7 @@ def test_torchrun_two_gloo_processes_train_like_one(speakers_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.count("distributed: 2 processes (gloo), 4 crops each per step") == 1  # rank 0 speaks
     assert done.stderr.count("model written:") == 1
+    assert done.stderr.count("estimate: ") == 1  # measured by every rank, said by one
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["processes"] == {"world_size": 2, "backend": "gloo", "device": "cpu"}
     history = metrics["history"][0]
@@ -143,6 +145,10 @@ def test_resume_continues_from_the_checkpoint(trained_run, speakers_dir, tmp_pat
     done = spkrec("train", str(speakers_dir), "--out", str(run), "--epochs", str(extra), "--min-steps", "0",
                   "--steps-per-speaker", "0", "--batch-size", "16", "--freeze-layers", "4", "--resume", check=True)
     assert f"resuming after epoch {before}" in done.stderr
+    # the estimate counts only what is left, timed on this machine before the first step
+    estimate = re.search(r"estimate: (\d+) steps x ([\d.]+) s \(measured on this cpu\) = about \d+ min", done.stderr)
+    assert estimate and 0 < int(estimate[1]) and 0 < float(estimate[2]), done.stderr
+    assert done.stderr.index("estimate:") < done.stderr.index("model written:")
     assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"] == extra
 
 

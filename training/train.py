@@ -192,6 +192,27 @@ class Trainer:
         self.scheduler.step()
         return loss.item() * len(y), int((logits.argmax(dim=1) == y).sum())
 
+    def seconds_per_step(self, repeats: int = 2) -> float:
+        """Time a forward and backward pass of this rank's batch (random crops; the first call warms
+        up and is not counted), without a step: the weights, their gradients and the normalisation
+        statistics are left as they were. An estimate of the run's length before it starts."""
+        was_training = self.model.training
+        self.model.eval()  # batch-norm running statistics stay untouched
+        x = torch.randn(self.t.batch_size // self.group.world_size, self.window, device=self.device) * 0.1
+        y = torch.zeros(len(x), dtype=torch.long, device=self.device)
+        took = []
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                loss = self.loss_fn(self.model(x)[1].float(), y)
+            loss.backward()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            took.append(time.perf_counter() - started)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.train(was_training)
+        return float(np.median(took[1:]))
+
     def train_epoch(self, epoch: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
                     on_step: Callable[[str], None] = lambda stats: None, max_steps: int | None = None) -> dict:
         """One pass over the training audio; the share of wall time spent waiting for the next
@@ -298,6 +319,12 @@ def _run(data: Path, run_dir: Path, cfg: Config, val_data: Path | None, resume: 
         console.print(f"{t.epochs} epochs would be only {t.epochs * trainer.per_epoch} steps: training "
                       f"{trainer.epochs} epochs ({trainer.total} steps of {t.batch_size}) to reach "
                       f"{trainer.min_steps} steps (train.min_steps, train.steps_per_speaker x {len(labels)} speakers)")
+    if start_epoch < trainer.epochs:
+        per_step = trainer.seconds_per_step()
+        remaining = (trainer.total - start_epoch * trainer.per_epoch) * per_step
+        console.print(f"estimate: {trainer.total - start_epoch * trainer.per_epoch} steps x {per_step:.2f} s "
+                      f"(measured on this {device.type}) = about {_duration(remaining)} of training, plus "
+                      "decoding, evaluation and export")
     selector = BestOnHeldOutVoices(trainer.net, voice_clips, trainer.window, device)
 
     history = []
@@ -363,6 +390,10 @@ class BestOnHeldOutVoices:
         eer, epoch, _ = self.best
         return {"voices": sorted({c.label for c in self.clips}), "best_epoch": epoch, "eer": eer,
                 "per_epoch": self.history}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
 
 
 def warn_if_long(remaining_s: float, steps: int, console: Console, limit_s: float = 3600.0) -> None:

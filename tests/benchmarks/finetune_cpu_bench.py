@@ -2,7 +2,9 @@
 
 Nine LibriSpeech test-other voices (the shipped base model never heard them), four recordings
 each to learn from (about ten minutes of speech in all); the other six recordings of each voice
-are the test: the share of test files `spkrec identify` names right, closed-set, with the run's
+are the test, as recorded and again each through a room and microphone of its own (reverberation,
+band limit, gain and noise: tests/conversation.py ``channel``, a stand-in for another session): the
+share of test files `spkrec identify` names right, closed-set, with the run's
 own model (its trained speakers) or, for the shipped model untrained, with the nine voices
 enrolled from the same four recordings. Wall time of `spkrec train` as a user runs it (decoding,
 training, evaluation, export), and the estimate it printed before its first step.
@@ -23,8 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conversation import channel  # noqa: E402
 from live_bench import machine  # noqa: E402
+
+from spkrec.models.audio import load_audio  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_OTHER = REPO.parent / "shared" / "data" / "librispeech-test-other"
@@ -70,13 +79,20 @@ def main() -> None:
         for f in files[:LEARN]:
             (data / voice / f.name).symlink_to(f)
         tests += [(voice, f) for f in files[LEARN:]]
+    rng = np.random.default_rng(0)
+    rooms = []
+    for i, (voice, f) in enumerate(tests):
+        out = work / "rooms" / f"{voice}-{i}.wav"
+        out.parent.mkdir(exist_ok=True)
+        sf.write(out, channel(load_audio(f, 16000), rng), 16000)
+        rooms.append((voice, out))
     results = {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "machine": machine(),
                "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "voices": list(VOICES), "learn_files": LEARN,
                "test_files": len(tests), "variants": {}}
     for name in args.variants.split(","):
         flags = VARIANTS[name]
         config = work / f"{name}.toml"
-        config.write_text(f"[gallery]\npath = \"{work / (name + '.sqlite')}\"\n")
+        config.write_text(f"[gallery]\npath = \"{work / (name + '.sqlite')}\"\n[enroll]\nmin_voiced_s = 10.0\n")
         started = time.perf_counter()
         if flags is None:
             from spkrec.models.base import base_model_path
@@ -94,7 +110,8 @@ def main() -> None:
             estimate = {"steps": int(found[1]), "s_per_step": float(found[2])} if found else None
         wall = time.perf_counter() - started
         row = {"flags": flags, "wall_s": round(wall, 1), "estimate": estimate,
-               "file_accuracy": accuracy(Path(model), tests, config)}
+               "file_accuracy": accuracy(Path(model), tests, config),
+               "file_accuracy_other_rooms": accuracy(Path(model), rooms, config)}
         if estimate:
             row["estimated_training_s"] = round(estimate["steps"] * estimate["s_per_step"], 1)
         results["variants"][name] = row

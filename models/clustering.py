@@ -44,15 +44,14 @@ class Scales:
     centroid: float
 
     @classmethod
-    def of(cls, thresholds: Mapping[str, float], source: str = "the model") -> "Scales":
+    def of(cls, thresholds: Mapping[str, float], source: str | None = None) -> "Scales":
         """A model's scales. A model without them is refused: no threshold that stands in for
         them fits every encoder (a window ``eer`` merged four voices of an encoder whose cosines
         run high into one guest), and `spkrec scales` stamps them in a minute."""
-        missing = [k for k in SCALE_KEYS if k not in thresholds]
-        if missing:
-            raise ModelError(f"{source} carries no clustering scales, which meetings need: stamp them with "
-                             f"`spkrec scales {source} --voices DIR` (DIR/<voice>/<files>, voices it never trained "
-                             "on; README, Meetings)")
+        if any(k not in thresholds for k in SCALE_KEYS):
+            raise ModelError(f"{source or 'the model'} carries no clustering scales, which meetings and the one-voice "
+                             f"check of enrollment need: stamp them with `spkrec scales {source or 'MODEL'} --voices "
+                             "DIR` (DIR/<voice>/<files>, voices it never trained on; README, Meetings)")
         return cls(float(thresholds["cluster_window"]), float(thresholds["cluster_centroid"]))
 
     def threshold(self, size: "int | np.ndarray") -> "float | np.ndarray":

@@ -114,9 +114,10 @@ class PathsConfig:
 # own sections (entry-point group ``spkrec.config``) follow, then ``[inputs]``.
 CORE = (Section("model", ModelConfig), Section("audio", AudioConfig), Section("vad", VadConfig),
         Section("stream", StreamConfig), Section("decision", DecisionConfig), Section("ui", UiConfig),
-        Section("gallery", GalleryConfig), Section("enroll", EnrollConfig, gone={
-            "enroll.min_consistency": "the one-voice check splits the windows in two now; its bar is "
-                                      "enroll.same_voice_cosine (0 = the model's own)"}), Section("calibrate", CalibrateConfig),
+        Section("gallery", GalleryConfig),
+        Section("enroll", EnrollConfig, gone={"enroll.min_consistency": "the one-voice check splits the windows in "
+                                              "two now; its bar is enroll.same_voice_cosine (0 = the model's own)"}),
+        Section("calibrate", CalibrateConfig),
         Section("paths", PathsConfig))
 
 
